@@ -1,0 +1,61 @@
+"""Token windows: random calibration samples and the non-overlapping evaluation windows."""
+
+from __future__ import annotations
+
+import torch
+
+from llmprune.data.sources import TextSource
+from llmprune.errors import LLMPruneError
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of a whole text as one 1-D tensor (no special tokens, no length limit)."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Cut a token stream into non-overlapping windows of `seqlen` (WikiText-2 protocol).
+
+    The tail shorter than a window is dropped, as in the reference evaluations.
+    """
+    if seqlen < 2:
+        raise LLMPruneError(f"seqlen must be at least 2, got {seqlen}")
+    count = ids.numel() // seqlen
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise LLMPruneError(f"the text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    return ids[: count * seqlen].view(count, seqlen)
+
+
+def calibration_windows(
+    ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0
+) -> torch.Tensor:
+    """Draw `nsamples` windows of `seqlen` tokens at random starts chosen by `seed`."""
+    if nsamples < 1:
+        raise LLMPruneError(f"nsamples must be at least 1, got {nsamples}")
+    if ids.numel() < seqlen:
+        raise LLMPruneError(
+            f"the calibration text has {ids.numel()} tokens, fewer than seqlen {seqlen}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen + 1, (nsamples,), generator=generator)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def source_tokens(tokenizer, source: TextSource, split: str, max_tokens: int | None = None):
+    """Tokenize a split; with `max_tokens`, stop once that many tokens are gathered.
+
+    Documents are tokenized one by one, so a large corpus (C4) costs only what it gives.
+    """
+    if max_tokens is None:
+        return tokenize(tokenizer, source.text(split))
+    pieces, total = [], 0
+    for document in source.documents(split):
+        piece = tokenize(tokenizer, document + "\n\n")
+        pieces.append(piece)
+        total += piece.numel()
+        if total >= max_tokens:
+            break
+    return torch.cat(pieces)

