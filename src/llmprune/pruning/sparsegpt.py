@@ -1,0 +1,132 @@
+"""SparseGPT (Frantar & Alistarh 2023): mask selection and weight update from the Hessian.
+
+Algorithm 1 of the paper, over blocks of `blocksize` input columns:
+  H⁻¹ = Cholesky(( H + λI )⁻¹)ᵀ            dampened inverse Hessian, upper Cholesky factor
+  for each block: choose the mask by w² / [H⁻¹]²_jj (adaptive mask selection),
+      for each column j: err = (w_j − mask·w_j) / [H⁻¹]_jj
+                         W[:, j:] −= err · H⁻¹[j, j:]       (OBS update of later columns)
+      then propagate the block's errors to all later columns at once (lazy batch update).
+N:M patterns choose the mask inside each group of M columns as the sweep reaches it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmprune.errors import LLMPruneError
+from llmprune.pruning.selection import forced_scores, prune_count
+from llmprune.pruning.targets import NM, Target
+
+DAMPING_RETRIES = 6
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, damping: float, layer: str = "?") -> torch.Tensor:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damping · mean(diag H).
+
+    If H + λI is not positive definite, λ grows tenfold up to DAMPING_RETRIES times;
+    after that the layer is named in an error instead of silently falling back.
+    """
+    if not torch.isfinite(hessian).all():
+        raise LLMPruneError(f"NaN/Inf in the Hessian of layer {layer}")
+    mean_diag = float(torch.diag(hessian).mean())
+    scale = damping * (mean_diag if mean_diag > 0 else 1.0)
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    for _ in range(DAMPING_RETRIES + 1):
+        factor, info = torch.linalg.cholesky_ex(hessian + scale * eye)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0 and torch.isfinite(upper).all():
+                return upper
+        scale *= 10.0
+    raise LLMPruneError(
+        f"the Hessian of layer {layer} is singular even with dampening {scale / 10:.3g}; "
+        "use more calibration samples or a larger --dampening"
+    )
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    target: Target,
+    existing: torch.Tensor | None = None,
+    blocksize: int = 128,
+    damping: float = 0.01,
+    layer: str = "?",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, updated weight) minimising ‖WX − ŴX‖² for the given layer Hessian."""
+    if isinstance(target, NM) and blocksize % target.m:
+        blocksize = max(target.m, blocksize // target.m * target.m)  # groups never straddle
+    W = weight.detach().clone().float()
+    rows, cols = W.shape
+    H = hessian.detach().clone().float().to(W.device)
+    dead = torch.diag(H) == 0  # inputs that are always zero: free to prune
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    Hinv = inverse_hessian_factor(H, damping, layer)
+
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+    pruned_so_far = 0
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        W1 = W[:, start:end].clone()
+        Hinv1 = Hinv[start:end, start:end]
+        diag = torch.diag(Hinv1)
+        old = None if existing is None else existing[:, start:end]
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        if isinstance(target, NM):
+            pruned1 = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            # adaptive mask selection: the block's share of the layer total, by w²/[H⁻¹]²_jj
+            want = prune_count(rows * end, target.fraction) - pruned_so_far
+            pruned1 = block_unstructured(W1, diag, want, old)
+            pruned_so_far += int(pruned1.sum())
+        for j in range(end - start):
+            if isinstance(target, NM) and j % target.m == 0:
+                group = slice(j, j + target.m)
+                pruned1[:, group] = block_nm(
+                    W1[:, group], diag[group], target, group_mask(old, group)
+                )
+            w = W1[:, j]
+            q = w.masked_fill(pruned1[:, j], 0.0)
+            Q1[:, j] = q
+            err = (w - q) / diag[j]
+            W1[:, j:] -= err.unsqueeze(1) @ Hinv1[j, j:].unsqueeze(0)
+            Err1[:, j] = err
+        W[:, start:end] = Q1
+        keep[:, start:end] = ~pruned1
+        W[:, end:] -= Err1 @ Hinv[start:end, end:]
+    W *= keep
+    return keep, W.to(weight.dtype)
+
+
+def group_mask(old: torch.Tensor | None, group: slice) -> torch.Tensor | None:
+    return None if old is None else old[:, group]
+
+
+def block_unstructured(
+    W1: torch.Tensor, diag: torch.Tensor, want: int, old: torch.Tensor | None
+) -> torch.Tensor:
+    """The `want` weights of a block with the lowest OBS error w² / [H⁻¹]²_jj."""
+    scores = forced_scores(W1.pow(2) / diag.pow(2).unsqueeze(0), old)
+    forced = 0 if old is None else int((~old).sum())
+    count = min(max(want, forced), W1.numel())
+    pruned = torch.zeros(W1.numel(), dtype=torch.bool, device=W1.device)
+    if count > 0:
+        pruned[torch.argsort(scores.flatten(), stable=True)[:count]] = True
+    return pruned.view_as(W1)
+
+
+def block_nm(
+    W1: torch.Tensor, diag: torch.Tensor, pattern: NM, old: torch.Tensor | None
+) -> torch.Tensor:
+    """In each row, the m − n weights of one group with the lowest OBS error."""
+    scores = forced_scores(W1.pow(2) / diag.pow(2).unsqueeze(0), old)
+    pruned = torch.zeros_like(W1, dtype=torch.bool)
+    drop = pattern.m - pattern.n
+    if drop:
+        pruned.scatter_(1, torch.topk(scores, drop, dim=1, largest=False).indices, True)
+    if old is not None:
+        pruned |= ~old
+    return pruned

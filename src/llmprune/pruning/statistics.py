@@ -1,0 +1,72 @@
+"""What each method learns from calibration, accumulated streaming over batches.
+
+Each accumulator takes the inputs a linear layer saw (`add_batch(x)` with x of shape
+[..., in_features]) and never keeps the activations themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmprune.errors import LLMPruneError
+
+
+def flat_inputs(x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Inputs as [tokens, in_features] in float32, refusing NaN/Inf."""
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    if not torch.isfinite(x).all():
+        raise LLMPruneError(f"NaN/Inf in the calibration activations entering layer {layer}")
+    return x
+
+
+class Statistic:
+    """Nothing to learn: magnitude pruning looks at the weights alone."""
+
+    def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
+        self.in_features = in_features
+        self.layer = layer
+        self.device = torch.device(device)
+        self.tokens = 0
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        self.tokens += x.numel() // x.shape[-1]
+
+
+class InputNorms(Statistic):
+    """Per-input-channel squared L2 norms ‖X_j‖² (Wanda, Sun et al. 2023; OWL)."""
+
+    def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
+        super().__init__(in_features, layer, device)
+        self.squared = torch.zeros(in_features, dtype=torch.float64, device=self.device)
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = flat_inputs(x, self.layer)
+        self.squared += x.pow(2).sum(dim=0).double()
+        self.tokens += x.shape[0]
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """‖X_j‖₂ over every calibration token, per input channel."""
+        return self.squared.sqrt().float()
+
+
+class Hessian(Statistic):
+    """The layer-wise Hessian H = 2 X Xᵀ / tokens of SparseGPT (Frantar & Alistarh 2023).
+
+    Kept as a running sum and normalised on read, so batches of any size stream in.
+    """
+
+    def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
+        super().__init__(in_features, layer, device)
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device)
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = flat_inputs(x, self.layer)
+        self.sum.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        if self.tokens == 0:
+            raise LLMPruneError(f"layer {self.layer} saw no calibration tokens")
+        return self.sum * (2.0 / self.tokens)
