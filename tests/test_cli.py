@@ -62,3 +62,109 @@ def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tiny_model_dirs,
     assert stderr.startswith("error: ") and message in stderr
     assert "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_prune_saves_a_loadable_checkpoint(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.evaluate import sparsity_summary
+    from llmprune.export.checkpoint import load_record
+
+    out = tmp_path / "pruned"
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "prune",
+        tiny_model_dirs["llama"],
+        "--method",
+        "wanda",
+        "--pattern",
+        "2:4",
+        "--nsamples",
+        4,
+        "--seqlen",
+        32,
+        "--eval-windows",
+        3,
+        "--out",
+        out,
+    )
+    assert code == 0, stdout
+    assert "dense" in stdout and "pruned" in stdout
+    model = AutoModelForCausalLM.from_pretrained(out)
+    summary = sparsity_summary(model)
+    assert summary["prunable_sparsity"] == 0.5
+    assert {layer["nm_pattern"] for layer in summary["layers"]} == {"2:4"}
+    record = load_record(out)
+    assert record["label"] == "wanda@2:4"
+    assert record["perplexity"] > 1 and record["dense_perplexity"] > 1
+    assert record["peak_rss_mb"] > 0
+
+
+def test_prune_refuses_to_overwrite(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    source = tiny_model_dirs["gpt2"]
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    code, _, stderr = run_cli(
+        monkeypatch,
+        capsys,
+        "prune",
+        source,
+        "--method",
+        "magnitude",
+        "--sparsity",
+        0.5,
+        "--out",
+        source,
+        "--overwrite",
+        "--no-eval",
+    )
+    assert code == 2 and "would overwrite the input model" in stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    code, _, stderr = run_cli(
+        monkeypatch,
+        capsys,
+        "prune",
+        source,
+        "--method",
+        "magnitude",
+        "--sparsity",
+        0.5,
+        "--out",
+        busy,
+        "--no-eval",
+    )
+    assert code == 2 and "--overwrite" in stderr
+    assert (busy / "keep.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "magnitude", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+        (["--method", "pruneit", "--sparsity", "0.5"], "unknown method"),
+        (["--method", "wanda", "--pattern", "2:5"], "does not divide"),
+        (["--method", "wanda", "--pattern", "5:4"], "N < M"),
+        (["--method", "wanda", "--sparsity", "0.5", "--override", "oops"], "--override"),
+    ],
+)
+def test_prune_bad_options(monkeypatch, capsys, tiny_model_dirs, tmp_path, args, message):
+    code, _, stderr = run_cli(
+        monkeypatch,
+        capsys,
+        "prune",
+        tiny_model_dirs["opt"],
+        "--out",
+        tmp_path / "o",
+        "--no-eval",
+        "--nsamples",
+        2,
+        "--seqlen",
+        16,
+        *args,
+    )
+    assert code == 2, stderr
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

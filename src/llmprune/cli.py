@@ -108,6 +108,95 @@ def inspect_command(
         write_json(json_path, {"model": loaded.source, **summary})
 
 
+def parse_overrides(values: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in values:
+        pattern, sep, value = item.partition("=")
+        if not sep or not pattern or not value:
+            raise LLMPruneError(
+                f"--override must look like 'PATTERN=0.7' or 'PATTERN=2:4', got {item!r}"
+            )
+        overrides[pattern] = value
+    return overrides
+
+
+@app.command("prune")
+def prune_command(
+    model: ModelArg = "smollm2",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("pruned"),
+    method: Annotated[str, typer.Option(help="magnitude | wanda | sparsegpt")] = "sparsegpt",
+    sparsity: Annotated[float | None, typer.Option(help="Unstructured fraction in [0, 1).")] = None,
+    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M, e.g. 2:4.")] = None,
+    allocation: Annotated[str, typer.Option(help="uniform | owl")] = "uniform",
+    targets: Annotated[list[str] | None, typer.Option("--targets", help="Glob of layers.")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of layers.")] = None,
+    override: Annotated[
+        list[str] | None, typer.Option("--override", help="PATTERN=SPARSITY or PATTERN=N:M")
+    ] = None,
+    calib: Annotated[str, typer.Option(help="Calibration text source.")] = "pydoc",
+    nsamples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
+    seqlen: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed for calibration sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    blocksize: Annotated[int, typer.Option(help="SparseGPT column block.")] = 128,
+    dampening: Annotated[float, typer.Option(help="SparseGPT dampening, x mean diag(H).")] = 0.01,
+    per_row: Annotated[bool, typer.Option(help="Magnitude: compare within rows.")] = False,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Dense vs pruned ppl.")] = True,
+    data: DataOpt = "pydoc",
+    eval_windows: Annotated[int | None, typer.Option(help="Max evaluation windows.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Prune MODEL one-shot and save a checkpoint that transformers loads."""
+    from llmprune.pipeline import prune_and_save
+
+    config_values = dict(
+        method=method,
+        sparsity=sparsity,
+        pattern=pattern,
+        allocation=allocation,
+        targets=targets or [],
+        ignore=ignore or [],
+        overrides=parse_overrides(override or []),
+        calib=calib,
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        batch_size=batch_size,
+        blocksize=blocksize,
+        dampening=dampening,
+        per_row=per_row,
+        device=device,
+    )
+    record = prune_and_save(
+        model,
+        out,
+        config_values,
+        dtype=dtype,
+        evaluate=evaluate,
+        data=data,
+        eval_windows=eval_windows,
+        overwrite=overwrite,
+    )
+    table = Table(title=f"{record['label']} on {record['model']}")
+    for column in ("model", "perplexity", "sparsity", "seconds", "peak RSS MiB"):
+        table.add_column(column, justify="right")
+    dense = record.get("dense_perplexity")
+    if dense is not None:
+        table.add_row("dense", f"{dense:.3f}", "0.00%", "", "")
+    pruned_ppl = record.get("perplexity")
+    table.add_row(
+        "pruned",
+        f"{pruned_ppl:.3f}" if pruned_ppl is not None else "-",
+        f"{record['sparsity']:.2%}",
+        f"{record['prune_seconds']:.1f}",
+        f"{record['peak_rss_mb']:.0f}",
+    )
+    console.print(table)
+    console.print(f"saved {record['out']}")
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -1,0 +1,52 @@
+"""The method registry: which statistic each method collects and which rule it applies.
+
+Every rule has one signature, `(weight, statistic, target, existing, config, layer)`,
+so the driver never branches on the method's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llmprune.pruning.config import PruneConfig
+from llmprune.pruning.magnitude import magnitude_prune
+from llmprune.pruning.sparsegpt import sparsegpt_prune
+from llmprune.pruning.statistics import Hessian, InputNorms, Statistic
+from llmprune.pruning.targets import Target
+from llmprune.pruning.wanda import wanda_prune
+
+Rule = Callable[
+    [torch.Tensor, Statistic, Target, "torch.Tensor | None", PruneConfig, str],
+    tuple[torch.Tensor, torch.Tensor],
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    statistic: type[Statistic]
+    rule: Rule
+
+
+def _magnitude(weight, _stat, target, existing, config, _layer):
+    return magnitude_prune(weight, target, existing, per_row=config.per_row)
+
+
+def _wanda(weight, stat, target, existing, _config, _layer):
+    return wanda_prune(weight, stat.norms.to(weight.device), target, existing)
+
+
+def _sparsegpt(weight, stat, target, existing, config, layer):
+    return sparsegpt_prune(
+        weight, stat.matrix, target, existing, config.blocksize, config.dampening, layer
+    )
+
+
+METHODS: dict[str, Method] = {
+    "magnitude": Method("magnitude", Statistic, _magnitude),
+    "wanda": Method("wanda", InputNorms, _wanda),
+    "sparsegpt": Method("sparsegpt", Hessian, _sparsegpt),
+}

@@ -1,0 +1,199 @@
+"""`prune(model, ...)`: one pass of any method over every target layer, block by block."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llmprune.errors import LLMPruneError
+from llmprune.models.layout import ModelLayout, find_layout, set_weight_matrix, weight_matrix
+from llmprune.pruning.allocation import (
+    outlier_ratio,
+    override_target,
+    owl_block_sparsities,
+    select_layers,
+    uniform_target,
+)
+from llmprune.pruning.config import PruneConfig, make_config
+from llmprune.pruning.masks import ModelMasks
+from llmprune.pruning.methods import METHODS
+from llmprune.pruning.sequential import collect_statistics, walk_blocks
+from llmprune.pruning.statistics import InputNorms
+from llmprune.pruning.targets import NM, Sparsity, Target
+from llmprune.pruning.wanda import wanda_scores
+
+
+@dataclass
+class PruneResult:
+    """What a pruning pass produced: the masks (data for later stages) and how it went."""
+
+    masks: ModelMasks
+    config: PruneConfig
+    targets: dict[str, str]
+    block_sparsity: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.model_dump(),
+            "label": self.config.label,
+            "sparsity": self.masks.sparsity(),
+            "layer_sparsity": self.masks.layer_sparsity(),
+            "targets": self.targets,
+            "block_sparsity": self.block_sparsity,
+            "seconds": self.seconds,
+        }
+
+
+def calibration_data(tokenizer, config: PruneConfig, context: int | None) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens from the train part of `config.calib`."""
+    from llmprune.data import calibration_windows, get_source, source_tokens
+    from llmprune.evaluate.perplexity import check_seqlen
+
+    if tokenizer is None:
+        raise LLMPruneError(f"{config.method} needs calibration data: pass a tokenizer or windows")
+    source = get_source(config.calib)
+    check_seqlen(config.seqlen, context)
+    budget = max(config.nsamples * config.seqlen * 4, 1_000_000)
+    ids = source_tokens(tokenizer, source, "train", max_tokens=budget)
+    return calibration_windows(ids, config.nsamples, config.seqlen, config.seed)
+
+
+def block_layers(layout: ModelLayout, index: int, chosen: set[str]) -> dict[str, nn.Module]:
+    prefix = f"{layout.blocks_path}.{index}."
+    return {
+        prefix + name: module
+        for name, module in layout.block_linears(index).items()
+        if prefix + name in chosen
+    }
+
+
+def layer_targets(
+    layout: ModelLayout, config: PruneConfig, names: list[str], block_sparsity: list[float]
+) -> dict[str, Target]:
+    """Uniform (or OWL per block) target for each layer, unless an override matches."""
+    base = uniform_target(config.sparsity, config.pattern)
+    linears = layout.linears()
+    targets = {}
+    for name in names:
+        target = override_target(name, config.overrides)
+        if target is None and block_sparsity:
+            index = int(name[len(layout.blocks_path) + 1 :].split(".")[0])
+            target = Sparsity(block_sparsity[index])
+        target = target or base
+        if isinstance(target, NM):
+            target.check_divides(weight_matrix(linears[name]).shape[1], name)
+        targets[name] = target
+    return targets
+
+
+def owl_sparsities(model, layout, windows, config, chosen: set[str], progress: bool) -> list[float]:
+    """OWL's pre-pass over the dense model: outlier ratio of Wanda scores, per block."""
+    ratios: list[float] = []
+
+    def visit(index: int, block: nn.Module, inputs) -> None:
+        layers = block_layers(layout, index, chosen)
+        stats = collect_statistics(
+            block,
+            layers,
+            lambda n, m: InputNorms(weight_matrix(m).shape[1], n, config.device),
+            inputs,
+            torch.device(config.device),
+        )
+        scores = [
+            wanda_scores(weight_matrix(m), stats[n].norms.to(weight_matrix(m).device)).flatten()
+            for n, m in layers.items()
+        ]
+        ratios.append(outlier_ratio(torch.cat(scores), config.owl_threshold) if scores else 0.0)
+
+    walk_blocks(model, layout, windows, visit, config.batch_size, config.device, "OWL", progress)
+    return owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
+
+
+def prune_layer(name, module, statistic, target, existing, config, method) -> torch.Tensor:
+    weight = weight_matrix(module)
+    old = existing.get(name) if existing is not None else None
+    old = None if old is None else old.to(weight.device)
+    if old is not None and old.shape != weight.shape:
+        raise LLMPruneError(
+            f"existing mask of {name} has shape {tuple(old.shape)}, not {tuple(weight.shape)}"
+        )
+    mask, new_weight = method.rule(weight.float(), statistic, target, old, config, name)
+    set_weight_matrix(module, new_weight)
+    return mask
+
+
+@torch.no_grad()
+def prune(
+    model: nn.Module,
+    tokenizer=None,
+    config: PruneConfig | None = None,
+    calibration: torch.Tensor | None = None,
+    existing: ModelMasks | None = None,
+    progress: bool = True,
+    **options,
+) -> PruneResult:
+    """Prune `model` in place and return its masks.
+
+    `config` (or keyword options such as method="wanda", sparsity=0.5, pattern="2:4")
+    says how. `calibration` ([n, seqlen] token ids) overrides sampling from
+    `config.calib`. With `existing` masks, weights pruned earlier stay pruned and the
+    new target counts them (iterative schedules).
+    """
+    config = config or make_config(**options)
+    start = time.perf_counter()
+    layout = find_layout(model)
+    names = select_layers(list(layout.linears()), config.targets, config.ignore)
+    if not names:
+        raise LLMPruneError("no linear layer matches --targets / --ignore")
+    chosen = set(names)
+    uniform_target(config.sparsity, config.pattern)
+    layer_targets(layout, config, names, [])  # validate N:M and overrides before any work
+    method = METHODS[config.method]
+    windows = None
+    if config.needs_calibration:
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        windows = (
+            calibration if calibration is not None else calibration_data(tokenizer, config, context)
+        )
+    block_sparsity = (
+        owl_sparsities(model, layout, windows, config, chosen, progress)
+        if config.allocation == "owl"
+        else []
+    )
+    targets = layer_targets(layout, config, names, block_sparsity)
+    masks = ModelMasks()
+
+    def visit(index: int, block: nn.Module, inputs) -> None:
+        layers = block_layers(layout, index, chosen)
+        stats = {}
+        if method.statistic.__name__ != "Statistic":
+            stats = collect_statistics(
+                block,
+                layers,
+                lambda n, m: method.statistic(weight_matrix(m).shape[1], n, config.device),
+                inputs,
+                torch.device(config.device),
+            )
+        for name, module in layers.items():
+            masks[name] = prune_layer(
+                name, module, stats.get(name), targets[name], existing, config, method
+            )
+
+    if method.name == "magnitude":
+        for index in range(layout.num_blocks):
+            visit(index, layout.blocks[index], [])
+    else:
+        walk_blocks(
+            model, layout, windows, visit, config.batch_size, config.device, config.label, progress
+        )
+    return PruneResult(
+        masks=masks,
+        config=config,
+        targets={name: str(target) for name, target in targets.items()},
+        block_sparsity=block_sparsity,
+        seconds=time.perf_counter() - start,
+    )

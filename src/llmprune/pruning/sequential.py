@@ -1,0 +1,167 @@
+"""The sequential calibration driver: one decoder block on the compute device at a time.
+
+1. Run the calibration windows through the model until the first block, and keep what
+   that block receives (hidden states on the offload device, its other arguments).
+2. For each block: move it to the device, hook its target linears, forward the batch to
+   accumulate each layer's statistic, let the caller prune, forward again so the next
+   block sees the outputs of the *pruned* block, and move the block back.
+Peak device memory is one block plus one batch of activations; buffers are sized by the
+calibration length, never by the model's maximum context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from llmprune.models.layout import ModelLayout, weight_matrix
+from llmprune.pruning.statistics import Statistic
+
+
+@dataclass
+class BlockInput:
+    """What a block is called with for one calibration batch."""
+
+    hidden: torch.Tensor
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+class _Captured(Exception):
+    pass
+
+
+def move_outside_blocks(model: nn.Module, layout: ModelLayout, device: torch.device) -> None:
+    """Put embeddings, final norm, rotary tables etc. on `device`; leave blocks where they are."""
+    inside = {id(m) for block in layout.blocks for m in block.modules()}
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        for param in module.parameters(recurse=False):
+            if param.device != device:
+                param.data = param.data.to(device)
+        for key, buffer in module.named_buffers(recurse=False):
+            if buffer.device != device:
+                module._buffers[key] = buffer.to(device)
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module,
+    layout: ModelLayout,
+    windows: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    offload: torch.device,
+) -> list[BlockInput]:
+    """Run each batch up to the first block and record the block's call arguments."""
+    first = layout.blocks[0]
+    captured: list[BlockInput] = []
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append(BlockInput(hidden.to(offload), tuple(args[1:]), dict(kwargs)))
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in torch.split(windows, batch_size):
+            with contextlib.suppress(_Captured):
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def run_block(
+    block: nn.Module, inputs: list[BlockInput], device: torch.device
+) -> list[torch.Tensor]:
+    """Outputs of a block for every captured batch (hidden states only)."""
+    outputs = []
+    for item in inputs:
+        out = block(item.hidden.to(device), *item.args, **item.kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+        outputs.append(hidden.to(item.hidden.device))
+    return outputs
+
+
+@torch.no_grad()
+def collect_statistics(
+    block: nn.Module,
+    linears: dict[str, nn.Module],
+    make_statistic: Callable[[str, nn.Module], Statistic],
+    inputs: list[BlockInput],
+    device: torch.device,
+) -> dict[str, Statistic]:
+    """Forward the batch through a block with its target linears hooked.
+
+    Layers fed the very same tensor (q/k/v, gate/up) share one statistic, so a Hessian
+    is accumulated once per distinct input rather than once per layer.
+    """
+    owners: dict[str, str] = {}
+    stats: dict[str, Statistic] = {}
+    seen: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def hook_for(name: str):
+        def hook(_module, args, _output):
+            x = args[0]
+            if name not in owners:  # first batch: find layers that share an input tensor
+                owner = seen.get(id(x), (x, name))[1]
+                seen[id(x)] = (x, owner)
+                owners[name] = owner
+                if owner == name:
+                    stats[name] = make_statistic(name, linears[name])
+            if owners[name] == name:
+                stats[name].add_batch(x)
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in linears.items()]
+    try:
+        for index, item in enumerate(inputs):
+            block(item.hidden.to(device), *item.args, **item.kwargs)
+            if index == 0:
+                seen.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: stats[owners[name]] for name in linears if name in owners}
+
+
+def walk_blocks(
+    model: nn.Module,
+    layout: ModelLayout,
+    windows: torch.Tensor,
+    visit: Callable[[int, nn.Module, list[BlockInput]], None],
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    desc: str = "blocks",
+    progress: bool = True,
+) -> None:
+    """Call `visit(index, block, inputs)` for each block, then advance the inputs through it."""
+    device = torch.device(device)
+    offload = torch.device("cpu")
+    if device != offload:
+        for block in layout.blocks:
+            block.to(offload)
+        move_outside_blocks(model, layout, device)
+    inputs = capture_block_inputs(model, layout, windows, batch_size, device, offload)
+    for index in tqdm(range(layout.num_blocks), desc=desc, disable=not progress):
+        block = layout.blocks[index]
+        block.to(device)
+        visit(index, block, inputs)
+        outputs = run_block(block, inputs, device)
+        for item, hidden in zip(inputs, outputs, strict=True):
+            item.hidden = hidden
+        if device != offload:
+            block.to(offload)
+
+
+def block_in_features(module: nn.Module) -> int:
+    return weight_matrix(module).shape[1]
