@@ -63,7 +63,7 @@ def test_sequential_calibration_equals_inputs_recomputed_from_the_pruned_model()
         layers = {prefix + n: m for n, m in layout.block_linears(index).items()}
         stats = {n: InputNorms(weight_matrix(m).shape[1], n) for n, m in layers.items()}
         hooks = [
-            m.register_forward_hook(lambda mod, a, o, n=n: stats[n].add_batch(a[0]))
+            m.register_forward_hook(lambda mod, a, o, s=stats[n]: s.add_batch(a[0]))
             for n, m in layers.items()
         ]
         with torch.no_grad():
