@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmprune.errors import LLMPruneError
-from llmprune.pruning.selection import forced_scores, prune_count
+from llmprune.pruning.selection import forced_scores, lowest_mask, prune_count
 from llmprune.pruning.targets import NM, Target
 
 DAMPING_RETRIES = 6
@@ -111,11 +111,7 @@ def block_unstructured(
     """The `want` weights of a block with the lowest OBS error w² / [H⁻¹]²_jj."""
     scores = forced_scores(W1.pow(2) / diag.pow(2).unsqueeze(0), old)
     forced = 0 if old is None else int((~old).sum())
-    count = min(max(want, forced), W1.numel())
-    pruned = torch.zeros(W1.numel(), dtype=torch.bool, device=W1.device)
-    if count > 0:
-        pruned[torch.argsort(scores.flatten(), stable=True)[:count]] = True
-    return pruned.view_as(W1)
+    return ~lowest_mask(scores, min(max(want, forced), W1.numel()))
 
 
 def block_nm(

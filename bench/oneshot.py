@@ -1,0 +1,291 @@
+"""One-shot pruning of SmolLM2-135M: llmprune's methods, and llmcompressor side by side.
+
+Every job runs in its own subprocess (so peak RSS is per job), on the same cached model,
+the same calibration token windows (drawn once by seed and handed to both tools) and the
+same evaluation windows. llmprune and llmcompressor jobs alternate, so machine noise hits
+both alike. Prints a table and writes bench/results/oneshot.json.
+
+    bash bench/setup_peer.sh && bench/.venv-peer/bin/python bench/oneshot.py
+(without llmcompressor installed, its rows are skipped and the ratios left out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = ["0.5", "2:4", "0.7"]
+OURS = ["magnitude", "wanda", "sparsegpt"]
+PEER = ["wanda", "sparsegpt"]
+OWL_TARGETS = ["0.7"]
+
+
+def target_options(target: str) -> dict:
+    return {"pattern": target} if ":" in target else {"sparsity": float(target)}
+
+
+def eval_ppl(model, windows_path: str) -> float:
+    from llmprune.evaluate import perplexity
+
+    windows = torch.load(windows_path)
+    return perplexity(model, windows, batch_size=4, progress=False).perplexity
+
+
+def run_ours(job: dict) -> dict:
+    from llmprune.evaluate.resources import peak_rss_mb
+    from llmprune.models import load_model
+    from llmprune.pruning import make_config, prune
+
+    loaded = load_model(job["model_dir"])
+    calibration = torch.load(job["calib"])
+    config = make_config(
+        method=job["method"],
+        allocation=job.get("allocation", "uniform"),
+        nsamples=calibration.shape[0],
+        seqlen=calibration.shape[1],
+        **target_options(job["target"]),
+    )
+    start = time.perf_counter()
+    result = prune(loaded.model, calibration=calibration, config=config, progress=False)
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": rss,
+        "sparsity": result.masks.sparsity(),
+        "perplexity": eval_ppl(loaded.model, job["eval"]),
+    }
+
+
+def run_peer(job: dict) -> dict:
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmprune.evaluate import sparsity_summary
+    from llmprune.evaluate.resources import peak_rss_mb
+
+    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+    calibration = torch.load(job["calib"])
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": calibration.tolist(),
+            "attention_mask": torch.ones_like(calibration).tolist(),
+        }
+    )
+    target = job["target"]
+    options = (
+        {"sparsity": 0.5, "mask_structure": target}
+        if ":" in target
+        else {"sparsity": float(target), "mask_structure": "0:0"}
+    )
+    modifier_class = SparseGPTModifier if job["method"] == "sparsegpt" else WandaPruningModifier
+    modifier = modifier_class(targets=["Linear"], ignore=["re:.*lm_head"], **options)
+    start = time.perf_counter()
+    oneshot(
+        model=model,
+        tokenizer=tokenizer,
+        dataset=dataset,
+        recipe=[modifier],
+        num_calibration_samples=calibration.shape[0],
+        max_seq_length=calibration.shape[1],
+        shuffle_calibration_samples=False,
+        batch_size=1,
+    )
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()
+    model.eval()
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": rss,
+        "sparsity": sparsity_summary(model)["prunable_sparsity"],
+        "perplexity": eval_ppl(model, job["eval"]),
+    }
+
+
+def worker(spec: str) -> None:
+    job = json.loads(spec)
+    result = run_peer(job) if job["tool"] == "llmcompressor" else run_ours(job)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def spawn(job: dict, log) -> dict:
+    process = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+    )
+    log.write(process.stdout + process.stderr)
+    for line in process.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return {**job, **json.loads(line[7:])}
+    tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**job, "error": tail}
+
+
+def peer_available() -> bool:
+    try:
+        import llmcompressor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prepare(args, workdir: Path) -> tuple[dict, float]:
+    from llmprune.data import calibration_windows, eval_windows, get_source, source_tokens
+    from llmprune.evaluate import perplexity
+    from llmprune.models import load_model
+    from llmprune.models.loading import default_model_dir
+
+    loaded = load_model(args.model)
+    source = get_source(args.data)
+    calib = calibration_windows(
+        source_tokens(loaded.tokenizer, source, "train"), args.nsamples, args.seqlen, args.seed
+    )
+    evals = eval_windows(
+        source_tokens(loaded.tokenizer, source, "eval"), args.seqlen, args.eval_windows
+    )
+    torch.save(calib, workdir / "calib.pt")
+    torch.save(evals, workdir / "eval.pt")
+    dense = perplexity(loaded.model, evals, batch_size=4, progress=False).perplexity
+    model_dir = str(default_model_dir()) if args.model == "smollm2" else args.model
+    base = {
+        "model_dir": model_dir,
+        "calib": str(workdir / "calib.pt"),
+        "eval": str(workdir / "eval.pt"),
+    }
+    return base, dense
+
+
+def jobs(base: dict, with_peer: bool) -> list[dict]:
+    planned = []
+    for target in TARGETS:
+        for method in OURS:
+            planned.append({**base, "tool": "llmprune", "method": method, "target": target})
+            if with_peer and method in PEER:
+                planned.append(
+                    {**base, "tool": "llmcompressor", "method": method, "target": target}
+                )
+    for target in OWL_TARGETS:
+        for method in ("wanda", "sparsegpt"):
+            planned.append(
+                {
+                    **base,
+                    "tool": "llmprune",
+                    "method": method,
+                    "target": target,
+                    "allocation": "owl",
+                }
+            )
+    return planned
+
+
+def add_ratios(rows: list[dict]) -> None:
+    peers = {
+        (r["method"], r["target"]): r
+        for r in rows
+        if r["tool"] == "llmcompressor" and "error" not in r
+    }
+    for row in rows:
+        peer = peers.get((row["method"], row["target"]))
+        if (
+            row["tool"] != "llmprune"
+            or row.get("allocation") == "owl"
+            or not peer
+            or "error" in row
+        ):
+            continue
+        row["vs_llmcompressor"] = {
+            key: row[key] / peer[key] for key in ("perplexity", "seconds", "peak_rss_mb")
+        }
+
+
+def print_table(rows: list[dict], dense: float) -> None:
+    print(f"\ndense perplexity {dense:.3f}")
+    header = (
+        f"{'tool':<14}{'method':<14}{'target':>7}{'sparsity':>9}{'ppl':>10}{'s':>8}{'RSS MiB':>9}"
+    )
+    print(header + f"{'ppl x':>8}{'time x':>8}{'RSS x':>8}")
+    for r in rows:
+        name = r["method"] + ("+owl" if r.get("allocation") == "owl" else "")
+        if "error" in r:
+            print(f"{r['tool']:<14}{name:<14}{r['target']:>7}  error: {r['error'][:60]}")
+            continue
+        ratio = r.get("vs_llmcompressor")
+        extra = (
+            f"{ratio['perplexity']:>8.3f}{ratio['seconds']:>8.2f}{ratio['peak_rss_mb']:>8.2f}"
+            if ratio
+            else ""
+        )
+        print(
+            f"{r['tool']:<14}{name:<14}{r['target']:>7}{r['sparsity']:>9.3f}"
+            f"{r['perplexity']:>10.3f}{r['seconds']:>8.1f}{r['peak_rss_mb']:>9.0f}" + extra
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--data", default="pydoc")
+    parser.add_argument("--nsamples", type=int, default=64)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "oneshot.json")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    from llmprune.io import write_json
+
+    with_peer = peer_available()
+    if not with_peer:
+        print("llmcompressor is not installed here: its rows are skipped (bench/setup_peer.sh)")
+    with tempfile.TemporaryDirectory() as tmp:
+        base, dense = prepare(args, Path(tmp))
+        rows = []
+        with open(Path(tmp) / "log.txt", "w") as log:
+            for job in jobs(base, with_peer):
+                rows.append(spawn(job, log))
+                row = rows[-1]
+                print(
+                    f"  {row['tool']} {row['method']} {row['target']} {row.get('allocation', '')}"
+                    f" -> {row.get('perplexity', row.get('error'))}",
+                    flush=True,
+                )
+            add_ratios(rows)
+    for row in rows:
+        for key in ("model_dir", "calib", "eval"):
+            row.pop(key, None)
+    print_table(rows, dense)
+    write_json(
+        args.out,
+        {
+            "model": args.model,
+            "data": args.data,
+            "nsamples": args.nsamples,
+            "seqlen": args.seqlen,
+            "seed": args.seed,
+            "dense_perplexity": dense,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        },
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
