@@ -1,15 +1,116 @@
-"""The flows the CLI and recipes run: load → (evaluate) → prune → (evaluate) → save."""
+"""The flows the CLI and recipes run: load → prune → save, then measure.
+
+Pruning streams the checkpoint block by block when the model is a local (or cached
+hub) safetensors directory, so peak memory is about one block; GGUF sources, which
+must be de-quantized whole, are pruned in memory.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
+
 from llmprune.evaluate.perplexity import evaluate_text
 from llmprune.evaluate.resources import peak_device_mb, peak_rss_mb
-from llmprune.export.checkpoint import check_output_path, save_pruned
+from llmprune.export.checkpoint import RECORD_FILE, check_output_path, save_pruned
+from llmprune.io import write_directory, write_json
 from llmprune.models import load_model
-from llmprune.pruning import make_config, prune
+from llmprune.models.loading import parse_dtype, resolve_source
+from llmprune.models.streaming import NotStreamable, StreamedModel
+from llmprune.pruning import PruneConfig, make_config, prune
+from llmprune.pruning.masks import MASKS_FILE
+
+
+def streamable_dir(model_source: str | None) -> Path | None:
+    """The local safetensors directory behind a source, or None (GGUF, hub unreachable)."""
+    location, gguf_file = resolve_source(model_source)
+    if gguf_file:
+        return None
+    path = Path(location)
+    if path.is_dir():
+        return path if any(path.glob("*.safetensors")) else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = Path(
+            snapshot_download(
+                location, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+            )
+        )
+    except Exception:  # unreachable hub, unknown id: the in-memory loader will explain
+        return None
+    return local if any(local.glob("*.safetensors")) else None
+
+
+def prune_streamed(
+    source_dir: Path,
+    out: Path,
+    config: PruneConfig,
+    dtype: str,
+    overwrite: bool,
+    progress: bool,
+    record: dict,
+    calibration: torch.Tensor | None = None,
+) -> dict:
+    """Prune block by block from `source_dir` straight into `out`."""
+    from transformers import AutoTokenizer
+
+    from llmprune.models.streaming import ShardWriter, StreamResidency
+
+    streamed = StreamedModel(source_dir, parse_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+
+    def fill(tmp: Path) -> None:
+        writer = ShardWriter(tmp, shards=streamed.layout.num_blocks + 1)
+        residency = StreamResidency(streamed, writer, torch.device(config.device))
+        start = time.perf_counter()
+        result = prune(
+            streamed.model,
+            tokenizer,
+            config,
+            calibration,
+            progress=progress,
+            residency=residency,
+        )
+        writer.add(streamed.outside_tensors())
+        writer.finish()
+        record["prune_seconds"] = time.perf_counter() - start
+        record["peak_rss_mb"] = peak_rss_mb()
+        record["peak_device_mb"] = peak_device_mb(config.device)
+        record.update(result.to_dict())
+        streamed.model.config.save_pretrained(tmp)
+        if streamed.model.generation_config is not None:
+            streamed.model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        result.masks.save(tmp / MASKS_FILE)
+        write_json(tmp / RECORD_FILE, record)
+
+    write_directory(out, fill, overwrite=overwrite)
+    return record
+
+
+def prune_in_memory(
+    model_source: str,
+    out: Path,
+    config: PruneConfig,
+    dtype: str,
+    overwrite: bool,
+    progress: bool,
+    record: dict,
+    calibration: torch.Tensor | None = None,
+) -> dict:
+    loaded = load_model(model_source, dtype=dtype, device="cpu")
+    start = time.perf_counter()
+    result = prune(loaded.model, loaded.tokenizer, config, calibration, progress=progress)
+    record["prune_seconds"] = time.perf_counter() - start
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["peak_device_mb"] = peak_device_mb(config.device)
+    record.update(result.to_dict())
+    loaded.model.to("cpu")
+    save_pruned(loaded.model, loaded.tokenizer, out, result.masks, record, model_source, overwrite)
+    return record
 
 
 def prune_and_save(
@@ -22,36 +123,42 @@ def prune_and_save(
     eval_windows: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    stream: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> dict:
-    """Prune a model one-shot, measure dense and pruned perplexity, and save it.
+    """Prune a model one-shot, save it, then measure dense and pruned perplexity.
 
-    Everything that can be checked cheaply (config, output path) is checked before the
-    model is loaded, so bad input fails fast and nothing is written.
+    `calibration` ([n, seqlen] token ids) replaces sampling from `config.calib`.
+    Cheap checks (config, output path) come before any loading, so bad input fails fast
+    and nothing is written. Memory figures are taken right after pruning, before the
+    evaluations load whole models.
     """
     config = make_config(**config_values)
-    check_output_path(out, model_source, overwrite)
-    loaded = load_model(model_source, dtype=dtype, device="cpu")
-    seqlen = config.seqlen
-    record: dict = {"model": loaded.source, "label": config.label}
+    out = check_output_path(out, model_source, overwrite)
+    record: dict = {"model": str(model_source), "label": config.label}
+    source_dir = streamable_dir(model_source) if stream else None
+    if source_dir is not None:
+        try:
+            prune_streamed(source_dir, out, config, dtype, overwrite, progress, record, calibration)
+        except NotStreamable:
+            source_dir = None
+    record["streamed"] = source_dir is not None
+    if source_dir is None:
+        prune_in_memory(model_source, out, config, dtype, overwrite, progress, record, calibration)
+    record["out"] = str(out)
     if evaluate:
-        loaded.model.to(config.device)
-        dense = evaluate_text(loaded, data, "eval", seqlen, eval_windows, progress=progress)
-        record["dense_perplexity"] = dense.perplexity
-        loaded.model.to("cpu")  # pruning brings one block at a time to the device
-    start = time.perf_counter()
-    result = prune(loaded.model, loaded.tokenizer, config, progress=progress)
-    record["prune_seconds"] = time.perf_counter() - start
-    record["peak_rss_mb"] = peak_rss_mb()
-    record["peak_device_mb"] = peak_device_mb(config.device)
-    if evaluate:
-        loaded.model.to(config.device)
-        pruned = evaluate_text(loaded, data, "eval", seqlen, eval_windows, progress=progress)
-        record.update(perplexity=pruned.perplexity, eval=pruned.to_dict(), eval_data=data)
-    loaded.model.to("cpu")
-    record.update(result.to_dict())
-    record["out"] = str(
-        save_pruned(
-            loaded.model, loaded.tokenizer, out, result.masks, record, model_source, overwrite
-        )
-    )
+        for key, source in (("dense_perplexity", model_source), ("perplexity", str(out))):
+            loaded = load_model(source, dtype=dtype, device=config.device)
+            result = evaluate_text(
+                loaded, data, "eval", config.seqlen, eval_windows, progress=progress
+            )
+            record[key] = result.perplexity
+            del loaded
+        record["eval"] = {
+            "data": data,
+            "seqlen": config.seqlen,
+            "windows": result.windows,
+            "tokens": result.tokens,
+        }
+        write_json(out / RECORD_FILE, record)
     return record

@@ -13,7 +13,11 @@ import torch
 
 from llmprune.pruning.config import PruneConfig
 from llmprune.pruning.magnitude import magnitude_prune
-from llmprune.pruning.sparsegpt import sparsegpt_prune
+from llmprune.pruning.sparsegpt import (
+    inverse_hessian_factor,
+    sparsegpt_prune,
+    with_dead_inputs_fixed,
+)
 from llmprune.pruning.statistics import Hessian, InputNorms, Statistic
 from llmprune.pruning.targets import Target
 from llmprune.pruning.wanda import wanda_prune
@@ -40,8 +44,19 @@ def _wanda(weight, stat, target, existing, _config, _layer):
 
 
 def _sparsegpt(weight, stat, target, existing, config, layer):
+    key = ("inverse_hessian_factor", config.dampening)
+    if key not in stat.cache:  # q/k/v (and gate/up) share one Hessian: factor it once
+        fixed = with_dead_inputs_fixed(stat.matrix)
+        stat.cache[key] = inverse_hessian_factor(fixed, config.dampening, layer)
     return sparsegpt_prune(
-        weight, stat.matrix, target, existing, config.blocksize, config.dampening, layer
+        weight,
+        stat.matrix,
+        target,
+        existing,
+        config.blocksize,
+        config.dampening,
+        layer,
+        hinv=stat.cache[key],
     )
 
 

@@ -20,8 +20,8 @@ from llmprune.pruning.allocation import (
 from llmprune.pruning.config import PruneConfig, make_config
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.methods import METHODS
-from llmprune.pruning.sequential import collect_statistics, walk_blocks
-from llmprune.pruning.statistics import InputNorms
+from llmprune.pruning.sequential import Residency, collect_statistics, walk_blocks
+from llmprune.pruning.statistics import InputNorms, Statistic
 from llmprune.pruning.targets import NM, Sparsity, Target
 from llmprune.pruning.wanda import wanda_scores
 
@@ -90,7 +90,9 @@ def layer_targets(
     return targets
 
 
-def owl_sparsities(model, layout, windows, config, chosen: set[str], progress: bool) -> list[float]:
+def owl_sparsities(
+    model, layout, windows, config, chosen: set[str], progress: bool, residency=None
+) -> list[float]:
     """OWL's pre-pass over the dense model: outlier ratio of Wanda scores, per block."""
     ratios: list[float] = []
 
@@ -109,7 +111,17 @@ def owl_sparsities(model, layout, windows, config, chosen: set[str], progress: b
         ]
         ratios.append(outlier_ratio(torch.cat(scores), config.owl_threshold) if scores else 0.0)
 
-    walk_blocks(model, layout, windows, visit, config.batch_size, config.device, "OWL", progress)
+    walk_blocks(
+        model,
+        layout,
+        windows,
+        visit,
+        config.batch_size,
+        config.device,
+        "OWL",
+        progress,
+        residency,
+    )
     return owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
 
 
@@ -134,6 +146,7 @@ def prune(
     calibration: torch.Tensor | None = None,
     existing: ModelMasks | None = None,
     progress: bool = True,
+    residency: Residency | None = None,
     **options,
 ) -> PruneResult:
     """Prune `model` in place and return its masks.
@@ -141,7 +154,8 @@ def prune(
     `config` (or keyword options such as method="wanda", sparsity=0.5, pattern="2:4")
     says how. `calibration` ([n, seqlen] token ids) overrides sampling from
     `config.calib`. With `existing` masks, weights pruned earlier stay pruned and the
-    new target counts them (iterative schedules).
+    new target counts them (iterative schedules). `residency` decides where blocks live
+    between visits (default: in memory; `StreamedModel` streams them from disk).
     """
     config = config or make_config(**options)
     start = time.perf_counter()
@@ -160,7 +174,7 @@ def prune(
             calibration if calibration is not None else calibration_data(tokenizer, config, context)
         )
     block_sparsity = (
-        owl_sparsities(model, layout, windows, config, chosen, progress)
+        owl_sparsities(model, layout, windows, config, chosen, progress, residency)
         if config.allocation == "owl"
         else []
     )
@@ -170,7 +184,7 @@ def prune(
     def visit(index: int, block: nn.Module, inputs) -> None:
         layers = block_layers(layout, index, chosen)
         stats = {}
-        if method.statistic.__name__ != "Statistic":
+        if method.statistic is not Statistic:
             stats = collect_statistics(
                 block,
                 layers,
@@ -183,13 +197,17 @@ def prune(
                 name, module, stats.get(name), targets[name], existing, config, method
             )
 
-    if method.name == "magnitude":
-        for index in range(layout.num_blocks):
-            visit(index, layout.blocks[index], [])
-    else:
-        walk_blocks(
-            model, layout, windows, visit, config.batch_size, config.device, config.label, progress
-        )
+    walk_blocks(
+        model,
+        layout,
+        windows if method.name != "magnitude" else None,
+        visit,
+        config.batch_size,
+        config.device,
+        config.label,
+        progress,
+        residency,
+    )
     return PruneResult(
         masks=masks,
         config=config,

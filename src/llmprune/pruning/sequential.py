@@ -134,33 +134,59 @@ def collect_statistics(
     return {name: stats[owners[name]] for name in linears if name in owners}
 
 
+class Residency:
+    """Where blocks live between visits: here, all in host memory, one at a time on device.
+
+    The streaming variant (models/streaming.py) reads each block from disk on `enter`
+    and writes it out on `leave`, so only one block is ever in memory.
+    """
+
+    def __init__(self, layout: ModelLayout, device: torch.device):
+        self.layout = layout
+        self.device = device
+
+    def enter(self, index: int) -> nn.Module:
+        return self.layout.blocks[index].to(self.device)
+
+    def leave(self, index: int) -> None:
+        if self.device.type != "cpu":
+            self.layout.blocks[index].to("cpu")
+
+
 def walk_blocks(
     model: nn.Module,
     layout: ModelLayout,
-    windows: torch.Tensor,
+    windows: torch.Tensor | None,
     visit: Callable[[int, nn.Module, list[BlockInput]], None],
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     desc: str = "blocks",
     progress: bool = True,
+    residency: Residency | None = None,
 ) -> None:
-    """Call `visit(index, block, inputs)` for each block, then advance the inputs through it."""
+    """Call `visit(index, block, inputs)` for each block, then advance the inputs through it.
+
+    Without `windows` (magnitude pruning) blocks are visited with no calibration at all.
+    """
     device = torch.device(device)
     offload = torch.device("cpu")
-    if device != offload:
-        for block in layout.blocks:
-            block.to(offload)
-        move_outside_blocks(model, layout, device)
-    inputs = capture_block_inputs(model, layout, windows, batch_size, device, offload)
-    for index in tqdm(range(layout.num_blocks), desc=desc, disable=not progress):
-        block = layout.blocks[index]
-        block.to(device)
-        visit(index, block, inputs)
-        outputs = run_block(block, inputs, device)
-        for item, hidden in zip(inputs, outputs, strict=True):
-            item.hidden = hidden
+    residency = residency or Residency(layout, device)
+    inputs: list[BlockInput] = []
+    if windows is not None:
         if device != offload:
-            block.to(offload)
+            for block in layout.blocks:
+                if not any(p.is_meta for p in block.parameters()):
+                    block.to(offload)
+            move_outside_blocks(model, layout, device)
+        inputs = capture_block_inputs(model, layout, windows, batch_size, device, offload)
+    for index in tqdm(range(layout.num_blocks), desc=desc, disable=not progress):
+        block = residency.enter(index)
+        visit(index, block, inputs)
+        if inputs:
+            outputs = run_block(block, inputs, device)
+            for item, hidden in zip(inputs, outputs, strict=True):
+                item.hidden = hidden
+        residency.leave(index)
 
 
 def block_in_features(module: nn.Module) -> int:

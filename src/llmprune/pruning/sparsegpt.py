@@ -45,6 +45,14 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float, layer: str = "
     )
 
 
+def with_dead_inputs_fixed(hessian: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of H with H_jj = 1 where input j never fired (keeps H invertible)."""
+    H = hessian.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    return H
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -53,17 +61,22 @@ def sparsegpt_prune(
     blocksize: int = 128,
     damping: float = 0.01,
     layer: str = "?",
+    hinv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, updated weight) minimising ‖WX − ŴX‖² for the given layer Hessian."""
+    """(mask, updated weight) minimising ‖WX − ŴX‖² for the given layer Hessian.
+
+    `hinv` is `inverse_hessian_factor(with_dead_inputs_fixed(hessian), damping)` when the
+    caller already has it (layers fed the same input share one Hessian and one factor).
+    """
     if isinstance(target, NM) and blocksize % target.m:
         blocksize = max(target.m, blocksize // target.m * target.m)  # groups never straddle
     W = weight.detach().clone().float()
     rows, cols = W.shape
-    H = hessian.detach().clone().float().to(W.device)
-    dead = torch.diag(H) == 0  # inputs that are always zero: free to prune
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    Hinv = inverse_hessian_factor(H, damping, layer)
+    dead = torch.diag(hessian) == 0  # inputs that are always zero: free to prune
+    W[:, dead.to(W.device)] = 0.0
+    if hinv is None:
+        hinv = inverse_hessian_factor(with_dead_inputs_fixed(hessian), damping, layer)
+    Hinv = hinv.to(W.device)
 
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
     pruned_so_far = 0

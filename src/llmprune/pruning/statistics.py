@@ -27,6 +27,7 @@ class Statistic:
         self.layer = layer
         self.device = torch.device(device)
         self.tokens = 0
+        self.cache: dict = {}  # results derived from the statistic, shared by its layers
 
     def add_batch(self, x: torch.Tensor) -> None:
         self.tokens += x.numel() // x.shape[-1]

@@ -1,0 +1,221 @@
+"""Stream a checkpoint block by block: only one decoder block's weights in memory at once.
+
+The model is built on the meta device; embeddings, final norm and head are read from
+the safetensors files, and each decoder block is read when the driver reaches it and
+written to the output (then dropped) when the driver leaves it. Peak memory is the
+non-block weights plus one block plus the calibration activations, whatever the model's
+size. The output is an ordinary sharded `save_pretrained` checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from llmprune.errors import LLMPruneError
+from llmprune.models.layout import ModelLayout, find_layout
+from llmprune.models.loading import check_causal, first_line
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class NotStreamable(LLMPruneError):
+    """The checkpoint's tensors do not map one-to-one onto the model's (fused experts...)."""
+
+
+def checkpoint_renamings(model: nn.Module) -> list[tuple[str, str]]:
+    """transformers' own regex renamings from checkpoint keys to model names, if any.
+
+    (transformers 5 renames e.g. GPT-NeoX's `embed_out` to `lm_head` on load.) Only plain
+    renamings are used; a model whose load needs tensor surgery is not streamed.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # transformers 4.x: checkpoint keys are model names
+        return []
+    pairs = []
+    for transform in get_model_conversion_mapping(model):
+        if isinstance(transform, WeightRenaming) and not getattr(transform, "scope_prefix", None):
+            for source in transform.source_patterns:
+                pairs.append((source, transform.target_patterns[0]))
+    return pairs
+
+
+def renamed(key: str, renamings: list[tuple[str, str]]) -> str:
+    for source, target in renamings:
+        key = re.sub(source, target, key)
+    return key
+
+
+class CheckpointReader:
+    """Tensors of a safetensors checkpoint directory, read one at a time, never all."""
+
+    def __init__(self, directory: Path):
+        files = sorted(Path(directory).glob("*.safetensors"))
+        if not files:
+            raise LLMPruneError(f"{directory} has no .safetensors files to stream from")
+        self.handles = {}
+        self.location: dict[str, Path] = {}
+        try:
+            for file in files:
+                handle = safe_open(str(file), framework="pt")
+                self.handles[file] = handle
+                for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                    self.location[key] = file
+        except (SafetensorError, OSError) as exc:
+            raise LLMPruneError(f"corrupt checkpoint in {directory}: {first_line(exc)}") from None
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.handles[self.location[key]].get_tensor(key)
+
+
+class StreamedModel:
+    """A causal LM on the meta device whose blocks are read and written one at a time."""
+
+    def __init__(self, directory: str | Path, dtype: torch.dtype = torch.float32):
+        self.directory = Path(directory)
+        self.dtype = dtype
+        try:
+            config = AutoConfig.from_pretrained(self.directory)
+        except Exception as exc:  # config errors have many types
+            raise LLMPruneError(
+                f"cannot load a model config from {directory}: {first_line(exc)}"
+            ) from None
+        check_causal(config, str(directory))
+        self.reader = CheckpointReader(self.directory)
+        with init_empty_weights(include_buffers=False):
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.model.eval()
+        self.layout: ModelLayout = find_layout(self.model)
+        prefix = getattr(self.model, "base_model_prefix", "")
+        renamings = checkpoint_renamings(self.model)
+        self.by_model_name = {renamed(key, renamings): key for key in self.reader.location}
+        self.keys = {name: self.checkpoint_key(name, prefix) for name, _ in self.named_tensors()}
+        self.materialize(self.model, "", skip_blocks=True)
+        self.model.tie_weights()
+        missing = [
+            n for n, p in self.model.named_parameters() if p.is_meta and not self.in_block(n)
+        ]
+        missing += [n for n, key in self.keys.items() if key is None and self.in_block(n)]
+        if missing:
+            raise NotStreamable(f"checkpoint {directory} has no tensor named like {missing[0]}")
+
+    def named_tensors(self):
+        yield from self.model.named_parameters(remove_duplicate=False)
+        yield from ((n, b) for n, b in self.model.named_buffers() if b.is_meta)
+
+    def checkpoint_key(self, name: str, prefix: str) -> str | None:
+        """The checkpoint's name for a tensor (some checkpoints omit the base-model prefix)."""
+        if name in self.by_model_name:
+            return self.by_model_name[name]
+        short = name[len(prefix) + 1 :] if prefix and name.startswith(prefix + ".") else None
+        return self.by_model_name.get(short) if short else None
+
+    def in_block(self, name: str) -> bool:
+        return name.startswith(self.layout.blocks_path + ".")
+
+    def block_prefix(self, index: int) -> str:
+        return f"{self.layout.blocks_path}.{index}."
+
+    def materialize(
+        self,
+        root: nn.Module,
+        prefix: str,
+        skip_blocks: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """Read the weights of `root` (whose names start with `prefix`) from disk."""
+        for name, module in root.named_modules():
+            full = f"{prefix}{name}." if name else prefix
+            if skip_blocks and self.in_block(full):
+                continue
+            for attr, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+                if tensor is None or not tensor.is_meta:
+                    continue
+                key = self.keys.get(full + attr)
+                if key is None:
+                    continue  # tied or non-persistent: filled in by tie_weights / init
+                value = self.reader.read(key).to(device=device, dtype=self.dtype)
+                if attr in module._parameters:
+                    module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+                else:
+                    module._buffers[attr] = value
+
+    def load_block(self, index: int, device: torch.device | str) -> nn.Module:
+        block = self.layout.blocks[index]
+        self.materialize(block, self.block_prefix(index), device=device)
+        return block
+
+    def block_tensors(self, index: int) -> dict[str, torch.Tensor]:
+        """The block's tensors under their checkpoint names, on the CPU."""
+        block = self.layout.blocks[index]
+        prefix = self.block_prefix(index)
+        tensors = {}
+        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
+            key = self.keys.get(prefix + name)
+            if key is not None:
+                tensors[key] = tensor.detach().to("cpu").contiguous()
+        return tensors
+
+    def release_block(self, index: int) -> None:
+        """Drop a block's weights back to the meta device."""
+        self.layout.blocks[index].to("meta")
+
+    def outside_tensors(self) -> dict[str, torch.Tensor]:
+        """Embeddings, final norm and head under their checkpoint names (tied ones once)."""
+        tensors, seen = {}, set()
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            key = self.keys.get(name)
+            if key is None or self.in_block(name) or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            tensors[key] = tensor.detach().to("cpu").contiguous()
+        return tensors
+
+
+class ShardWriter:
+    """Writes a sharded safetensors checkpoint one shard at a time, then its index."""
+
+    def __init__(self, directory: Path, shards: int):
+        self.directory = Path(directory)
+        self.shards = shards
+        self.written = 0
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.written += 1
+        name = f"model-{self.written:05d}-of-{self.shards:05d}.safetensors"
+        save_file(tensors, str(self.directory / name), metadata={"format": "pt"})
+        for key, tensor in tensors.items():
+            self.weight_map[key] = name
+            self.total_size += tensor.numel() * tensor.element_size()
+
+    def finish(self) -> None:
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
+        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
+class StreamResidency:
+    """Blocks come from disk on `enter` and go to the output shards on `leave`."""
+
+    def __init__(self, streamed: StreamedModel, writer: ShardWriter, device: torch.device):
+        self.streamed = streamed
+        self.writer = writer
+        self.device = torch.device(device)
+
+    def enter(self, index: int) -> nn.Module:
+        return self.streamed.load_block(index, self.device)
+
+    def leave(self, index: int) -> None:
+        self.writer.add(self.streamed.block_tensors(index))
+        self.streamed.release_block(index)

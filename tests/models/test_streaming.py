@@ -1,0 +1,42 @@
+"""Streaming a checkpoint block by block gives exactly what pruning in memory gives."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmprune.export import load_masks
+from llmprune.pipeline import prune_and_save
+from tests.conftest import FAMILIES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_pruning_equals_in_memory_pruning(family, tiny_model_dirs, tmp_path):
+    options = dict(method="sparsegpt", sparsity=0.5, nsamples=4, seqlen=32, batch_size=3)
+    runs = {}
+    for stream in (True, False):
+        out = tmp_path / f"out-{stream}"
+        record = prune_and_save(
+            str(tiny_model_dirs[family]),
+            out,
+            options,
+            evaluate=False,
+            progress=False,
+            stream=stream,
+        )
+        assert record["streamed"] is stream
+        runs[stream] = out
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1))
+    streamed = AutoModelForCausalLM.from_pretrained(runs[True]).eval()
+    in_memory = AutoModelForCausalLM.from_pretrained(runs[False]).eval()
+    with torch.no_grad():
+        a, b = streamed(input_ids=ids).logits, in_memory(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+    masks = load_masks(runs[True])
+    other = load_masks(runs[False])
+    assert all(torch.equal(masks[n], other[n]) for n in other.masks)
+    masks.check(streamed)
+    # the head stays tied to the embeddings where the config says so
+    if streamed.config.tie_word_embeddings:
+        assert streamed.get_output_embeddings().weight.data_ptr() == (
+            streamed.get_input_embeddings().weight.data_ptr()
+        )
