@@ -197,6 +197,39 @@ def prune_command(
     console.print(f"saved {record['out']}")
 
 
+@app.command("run")
+def run_command(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="YAML recipe; without one, the demo recipe.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where stages are written.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+) -> None:
+    """Run a recipe: prune / fine-tune / evaluate stages, perplexity after each."""
+    from llmprune.recipe import load_recipe
+    from llmprune.run import run_recipe
+
+    loaded = load_recipe(recipe)
+    name = recipe.stem if recipe is not None else "demo"
+    root = run_dir or Path("runs") / f"{name}-{loaded.fingerprint()[:8]}"
+    console.print(f"run directory {root}")
+    log = run_recipe(loaded, root, resume=resume, overwrite=overwrite, echo=console.print)
+    table = Table(title=f"{name}: perplexity after each step")
+    for column in ("step", "stage", "perplexity", "sparsity", "seconds"):
+        table.add_column(column, justify="right")
+    for line in log:
+        table.add_row(
+            str(line["step"]),
+            line["label"],
+            f"{line['perplexity']:.3f}",
+            f"{line['sparsity']:.2%}",
+            f"{line['seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"log {root / 'log.jsonl'}")
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -41,8 +41,9 @@ def save_pruned(
     record: dict | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
+    extra_json: dict[str, dict] | None = None,
 ) -> Path:
-    """Write model, tokenizer, masks and record into `out` atomically."""
+    """Write model, tokenizer, masks, record (and `extra_json` files) into `out` atomically."""
     out = check_output_path(out, source, overwrite)
 
     def fill(tmp: Path) -> None:
@@ -52,6 +53,8 @@ def save_pruned(
         if masks is not None and len(masks):
             masks.save(tmp / MASKS_FILE)
         write_json(tmp / RECORD_FILE, record or {})
+        for name, data in (extra_json or {}).items():
+            write_json(tmp / name, data)
 
     return write_directory(out, fill, overwrite=overwrite)
 

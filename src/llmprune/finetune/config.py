@@ -18,6 +18,7 @@ class FinetuneConfig(BaseModel):
     trainable: list[str] = Field(default_factory=lambda: ["all"])
     lora_rank: int = Field(default=16, ge=1)
     lora_alpha: float | None = None
+    lora_targets: list[str] = Field(default_factory=list, description="globs; default: pruned")
     merge_lora: bool = True
     steps: int = Field(default=100, ge=1)
     learning_rate: float = Field(default=1e-4, gt=0)

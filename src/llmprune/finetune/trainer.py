@@ -82,11 +82,19 @@ def training_arguments(config: FinetuneConfig, output_dir: str) -> TrainingArgum
     )
 
 
-def lora_targets(model: nn.Module, masks: ModelMasks | None) -> list[str]:
+def lora_targets(model: nn.Module, masks: ModelMasks, patterns: list[str]) -> list[str]:
+    """The layers that get adapters: `patterns` if given, else the pruned linears."""
+    from llmprune.errors import LLMPruneError
     from llmprune.models.layout import find_layout
+    from llmprune.pruning.allocation import matches
 
-    names = list(masks.masks) if masks is not None and len(masks) else []
-    return names or list(find_layout(model).linears())
+    linears = list(find_layout(model).linears())
+    for pattern in patterns:
+        if not any(matches(name, [pattern]) for name in linears):
+            raise LLMPruneError(f"LoRA target {pattern!r} matches no linear layer of the model")
+    if patterns:
+        return [name for name in linears if matches(name, patterns)]
+    return list(masks.masks) if len(masks) else linears
 
 
 def finetune(
@@ -109,9 +117,8 @@ def finetune(
     keep = {id(p) for n, p in model.named_parameters() if n in chosen}
     train_model = model
     if config.uses_lora:
-        train_model = add_lora(
-            model, lora_targets(model, masks), config.lora_rank, config.lora_alpha
-        )
+        targets = lora_targets(model, masks, config.lora_targets)
+        train_model = add_lora(model, targets, config.lora_rank, config.lora_alpha)
     # peft freezes the base model; PERP parts chosen beside LoRA train again (same tensors)
     for name, param in train_model.named_parameters():
         param.requires_grad_(id(param) in keep or "lora_" in name)

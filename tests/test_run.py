@@ -1,0 +1,138 @@
+"""Recipes and runs: validation, iterative schedules, logs, and resume after a kill."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from llmprune.errors import LLMPruneError
+from llmprune.export import load_masks
+from llmprune.recipe import load_recipe, plan
+from llmprune.run import read_log, run_recipe
+
+
+def write_recipe(tmp_path, model_dir, **changes):
+    recipe = {
+        "model": str(model_dir),
+        "eval": {"seqlen": 32, "max_windows": 3},
+        "stages": [
+            {"evaluate": {}},
+            {
+                "iterative": {
+                    "prune": {"method": "wanda", "nsamples": 4, "seqlen": 32},
+                    "schedule": [0.2, 0.4, 0.6],
+                    "finetune": {"steps": 2, "batch_size": 2, "seqlen": 32, "learning_rate": 0.001},
+                }
+            },
+        ],
+    }
+    recipe.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def final_weights(run_dir):
+    stage = sorted(p for p in run_dir.iterdir() if p.name.startswith("stage-"))[-1]
+    return load_file(next(stage.glob("*.safetensors")))
+
+
+def test_iterative_run_nests_masks_and_logs_every_step(tmp_path, tiny_model_dirs):
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dirs["llama"]))
+    steps = plan(recipe)
+    assert [s.kind for s in steps] == ["evaluate"] + ["prune", "finetune"] * 3
+    log = run_recipe(recipe, tmp_path / "run", echo=lambda *_: None)
+    assert [line["step"] for line in log] == list(range(1, 8))
+    assert all(line["perplexity"] > 1 for line in log)
+    assert log[-1]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    masks = [load_masks(tmp_path / "run" / f"stage-{i:02d}-prune") for i in (2, 4, 6)]
+    for earlier, later in zip(masks, masks[1:], strict=False):
+        for name in later.masks:
+            assert torch.all(later[name] <= earlier[name]), name
+    final = load_masks(tmp_path / "run" / "stage-07-finetune")
+    assert final.sparsity() == pytest.approx(0.6, abs=1e-3)
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and json.loads(lines[0])["kind"] == "evaluate"
+
+
+def test_resume_after_a_kill_matches_an_unbroken_run(tmp_path, tiny_model_dirs, monkeypatch):
+    import llmprune.run as run_module
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dirs["gpt2"]))
+    run_recipe(recipe, tmp_path / "whole", echo=lambda *_: None)
+
+    real_execute = run_module.execute
+    calls = {"n": 0}
+
+    def dying_execute(step, loaded, masks):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # killed during step 4
+        return real_execute(step, loaded, masks)
+
+    monkeypatch.setattr(run_module, "execute", dying_execute)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "broken", echo=lambda *_: None)
+    assert len(read_log(tmp_path / "broken")) == 3
+    monkeypatch.setattr(run_module, "execute", real_execute)
+    with pytest.raises(LLMPruneError, match="--resume"):
+        run_recipe(recipe, tmp_path / "broken", echo=lambda *_: None)
+    log = run_recipe(recipe, tmp_path / "broken", resume=True, echo=lambda *_: None)
+    assert len(log) == 7
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "broken")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_resume_refuses_a_run_of_another_recipe(tmp_path, tiny_model_dirs):
+    first = load_recipe(write_recipe(tmp_path, tiny_model_dirs["opt"], stages=[{"evaluate": {}}]))
+    run_recipe(first, tmp_path / "run", echo=lambda *_: None)
+    other = load_recipe(
+        write_recipe(tmp_path, tiny_model_dirs["opt"], seed=5, stages=[{"evaluate": {}}])
+    )
+    with pytest.raises(LLMPruneError, match="different recipe"):
+        run_recipe(other, tmp_path / "run", resume=True, echo=lambda *_: None)
+    assert (tmp_path / "run" / "stage-01-evaluate" / "stage.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"modle": "x"}, "Extra inputs"),
+        ({"stages": [{"iterative": {"schedule": [0.5, 0.3]}}]}, "must increase"),
+        ({"stages": [{"iterative": {"schedule": [0.5, 1.0]}}]}, r"\[0, 1\)"),
+        ({"stages": [{"prune": {"method": "wanda", "sparsity": 1.2}}]}, r"\[0, 1\)"),
+        ({"stages": [{"distill": {}}]}, "unknown stage 'distill'"),
+        ({"stages": [{"finetune": {"trainable": ["gills"]}}]}, "unknown trainable part"),
+        ({"stages": []}, "at least one stage"),
+    ],
+)
+def test_bad_recipes_are_one_line_errors(tmp_path, change, message):
+    path = write_recipe(tmp_path, "smollm2", **change)
+    with pytest.raises(LLMPruneError, match=message):
+        load_recipe(path)
+
+
+def test_lora_on_a_missing_layer_stops_the_run_and_keeps_earlier_steps(tmp_path, tiny_model_dirs):
+    stages = [
+        {"evaluate": {}},
+        {
+            "finetune": {
+                "trainable": ["lora"],
+                "lora_targets": ["*.no_such_proj"],
+                "steps": 1,
+                "seqlen": 32,
+            }
+        },
+    ]
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dirs["llama"], stages=stages))
+    with pytest.raises(LLMPruneError, match="matches no linear layer"):
+        run_recipe(recipe, tmp_path / "run", echo=lambda *_: None)
+    assert len(read_log(tmp_path / "run")) == 1
+
+
+def test_demo_recipe_is_valid():
+    recipe = load_recipe(None)
+    assert [s.kind for s in plan(recipe)] == ["evaluate", "prune", "finetune"]
