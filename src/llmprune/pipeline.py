@@ -8,6 +8,7 @@ must be de-quantized whole, are pruned in memory.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,42 +45,49 @@ def streamable_dir(model_source: str | None) -> Path | None:
     return local if any(local.glob("*.safetensors")) else None
 
 
-def prune_streamed(
-    source_dir: Path,
-    out: Path,
-    config: PruneConfig,
-    dtype: str,
-    overwrite: bool,
-    progress: bool,
-    record: dict,
-    calibration: torch.Tensor | None = None,
-) -> dict:
+@dataclass
+class PruneJob:
+    """What both pruning paths need besides the model source and output."""
+
+    config: PruneConfig
+    dtype: str = "float32"
+    overwrite: bool = False
+    progress: bool = True
+    calibration: torch.Tensor | None = None
+
+
+def note_pruning(record: dict, result, started: float, device: str) -> None:
+    """Time and memory right after pruning, before any evaluation loads whole models."""
+    record["prune_seconds"] = time.perf_counter() - started
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["peak_device_mb"] = peak_device_mb(device)
+    record.update(result.to_dict())
+
+
+def prune_streamed(source_dir: Path, out: Path, job: PruneJob, record: dict) -> None:
     """Prune block by block from `source_dir` straight into `out`."""
     from transformers import AutoTokenizer
 
     from llmprune.models.streaming import ShardWriter, StreamResidency
 
-    streamed = StreamedModel(source_dir, parse_dtype(dtype))
+    streamed = StreamedModel(source_dir, parse_dtype(job.dtype))
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
 
     def fill(tmp: Path) -> None:
         writer = ShardWriter(tmp, shards=streamed.layout.num_blocks + 1)
-        residency = StreamResidency(streamed, writer, torch.device(config.device))
-        start = time.perf_counter()
+        residency = StreamResidency(streamed, writer, torch.device(job.config.device))
+        started = time.perf_counter()
         result = prune(
             streamed.model,
             tokenizer,
-            config,
-            calibration,
-            progress=progress,
+            job.config,
+            job.calibration,
+            progress=job.progress,
             residency=residency,
         )
         writer.add(streamed.outside_tensors())
         writer.finish()
-        record["prune_seconds"] = time.perf_counter() - start
-        record["peak_rss_mb"] = peak_rss_mb()
-        record["peak_device_mb"] = peak_device_mb(config.device)
-        record.update(result.to_dict())
+        note_pruning(record, result, started, job.config.device)
         streamed.model.config.save_pretrained(tmp)
         if streamed.model.generation_config is not None:
             streamed.model.generation_config.save_pretrained(tmp)
@@ -87,30 +95,20 @@ def prune_streamed(
         result.masks.save(tmp / MASKS_FILE)
         write_json(tmp / RECORD_FILE, record)
 
-    write_directory(out, fill, overwrite=overwrite)
-    return record
+    write_directory(out, fill, overwrite=job.overwrite)
 
 
-def prune_in_memory(
-    model_source: str,
-    out: Path,
-    config: PruneConfig,
-    dtype: str,
-    overwrite: bool,
-    progress: bool,
-    record: dict,
-    calibration: torch.Tensor | None = None,
-) -> dict:
-    loaded = load_model(model_source, dtype=dtype, device="cpu")
-    start = time.perf_counter()
-    result = prune(loaded.model, loaded.tokenizer, config, calibration, progress=progress)
-    record["prune_seconds"] = time.perf_counter() - start
-    record["peak_rss_mb"] = peak_rss_mb()
-    record["peak_device_mb"] = peak_device_mb(config.device)
-    record.update(result.to_dict())
+def prune_in_memory(model_source: str, out: Path, job: PruneJob, record: dict) -> None:
+    loaded = load_model(model_source, dtype=job.dtype, device="cpu")
+    started = time.perf_counter()
+    result = prune(
+        loaded.model, loaded.tokenizer, job.config, job.calibration, progress=job.progress
+    )
+    note_pruning(record, result, started, job.config.device)
     loaded.model.to("cpu")
-    save_pruned(loaded.model, loaded.tokenizer, out, result.masks, record, model_source, overwrite)
-    return record
+    save_pruned(
+        loaded.model, loaded.tokenizer, out, result.masks, record, model_source, job.overwrite
+    )
 
 
 def prune_and_save(
@@ -137,14 +135,15 @@ def prune_and_save(
     out = check_output_path(out, model_source, overwrite)
     record: dict = {"model": str(model_source), "label": config.label}
     source_dir = streamable_dir(model_source) if stream else None
+    job = PruneJob(config, dtype, overwrite, progress, calibration)
     if source_dir is not None:
         try:
-            prune_streamed(source_dir, out, config, dtype, overwrite, progress, record, calibration)
+            prune_streamed(source_dir, out, job, record)
         except NotStreamable:
             source_dir = None
     record["streamed"] = source_dir is not None
     if source_dir is None:
-        prune_in_memory(model_source, out, config, dtype, overwrite, progress, record, calibration)
+        prune_in_memory(model_source, out, job, record)
     record["out"] = str(out)
     if evaluate:
         for key, source in (("dense_perplexity", model_source), ("perplexity", str(out))):

@@ -102,20 +102,22 @@ class Step(BaseModel):
     label: str
 
 
-def prune_step(recipe: Recipe, values: dict[str, Any], where: str) -> PruneConfig:
-    merged = {"calib": recipe.data, "seed": recipe.seed, "device": recipe.device, **values}
+def stage_config(cls, recipe: Recipe, values: dict[str, Any], where: str, kind: str):
+    """A stage's config with the recipe-wide data, seed and device as defaults."""
+    defaults = {"seed": recipe.seed, "device": recipe.device}
+    defaults["calib" if cls is PruneConfig else "data"] = recipe.data
     try:
-        return PruneConfig(**merged)
+        return cls(**{**defaults, **values})
     except ValidationError as exc:
-        raise LLMPruneError(f"{where}: prune: {one_line(exc)}") from None
+        raise LLMPruneError(f"{where}: {kind}: {one_line(exc)}") from None
+
+
+def prune_step(recipe: Recipe, values: dict[str, Any], where: str) -> PruneConfig:
+    return stage_config(PruneConfig, recipe, values, where, "prune")
 
 
 def finetune_step(recipe: Recipe, values: dict[str, Any], where: str) -> FinetuneConfig:
-    merged = {"data": recipe.data, "seed": recipe.seed, "device": recipe.device, **values}
-    try:
-        return FinetuneConfig(**merged)
-    except ValidationError as exc:
-        raise LLMPruneError(f"{where}: finetune: {one_line(exc)}") from None
+    return stage_config(FinetuneConfig, recipe, values, where, "finetune")
 
 
 def iterative_steps(recipe: Recipe, values: dict[str, Any], where: str) -> list[Step]:

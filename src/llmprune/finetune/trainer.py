@@ -13,7 +13,7 @@ import time
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from llmprune.data import calibration_windows, get_source, source_tokens
 from llmprune.finetune.config import FinetuneConfig
@@ -132,6 +132,7 @@ def finetune(
             train_dataset=WindowDataset(windows),
             callbacks=callbacks,
         )
+        trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()
         world_size = trainer.args.world_size
     model = train_model
