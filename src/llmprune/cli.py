@@ -230,6 +230,141 @@ def run_command(
     console.print(f"log {root / 'log.jsonl'}")
 
 
+def split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command("sweep")
+def sweep_command(
+    model: ModelArg = "smollm2",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("sweep"),
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = (
+        "magnitude,wanda,sparsegpt"
+    ),
+    sparsity: Annotated[str, typer.Option(help="START:STOP:STEP or a,b,c")] = "0.1:0.8:0.1",
+    pattern: Annotated[str, typer.Option(help="Comma-separated N:M patterns.")] = "2:4,4:8",
+    owl: Annotated[bool, typer.Option(help="Also OWL allocation for Wanda/SparseGPT.")] = False,
+    calib: Annotated[str, typer.Option(help="Text source (calibration + eval).")] = "pydoc",
+    nsamples: Annotated[int, typer.Option(help="Calibration windows.")] = 64,
+    seqlen: Annotated[int, typer.Option(help="Tokens per window.")] = 256,
+    eval_windows: Annotated[int | None, typer.Option(help="Max evaluation windows.")] = None,
+    zero_shot: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks.")] = "",
+    zero_shot_limit: Annotated[int | None, typer.Option(help="Examples per task.")] = None,
+) -> None:
+    """Prune and evaluate MODEL over methods x sparsities; tables, plots, report."""
+    from llmprune.report import render_report
+    from llmprune.sweep import parse_range, run_sweep
+
+    points = run_sweep(
+        model,
+        out,
+        split_list(methods),
+        parse_range(sparsity),
+        split_list(pattern),
+        owl,
+        calib,
+        nsamples,
+        seqlen,
+        eval_windows,
+        split_list(zero_shot) or None,
+        zero_shot_limit,
+        echo=console.print,
+    )
+    report = render_report(out)
+    console.print((out / "results.md").read_text())
+    console.print(f"{len(points)} points; report {report}")
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="A sweep or run directory.")],
+) -> None:
+    """Render one Markdown page with the tables and PNG plots of a sweep or a run."""
+    from llmprune.report import render_report
+
+    console.print(f"wrote {render_report(directory)}")
+
+
+@app.command("zeroshot")
+def zeroshot_command(
+    model: ModelArg = "smollm2",
+    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks.")] = (
+        "llmprune_lastword"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Examples per task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    data: DataOpt = "pydoc",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write JSON here.")] = None,
+) -> None:
+    """Zero-shot accuracy via lm-evaluation-harness (offline: llmprune_lastword)."""
+    from llmprune.evaluate.zeroshot import check_tasks, task_manager, zero_shot
+    from llmprune.io import write_json
+    from llmprune.models import load_model
+
+    names = split_list(tasks)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        check_tasks(names, task_manager(Path(scratch), data))  # before loading the model
+    loaded = load_model(model)
+    results = zero_shot(loaded.model, loaded.tokenizer, names, limit, batch_size, data=data)
+    table = Table(title=f"zero-shot: {loaded.source}")
+    for column in ("task", "acc", "perplexity"):
+        table.add_column(column, justify="right")
+    for task, metrics in results.items():
+        ppl = metrics.get("perplexity")
+        table.add_row(
+            task,
+            f"{metrics.get('acc', float('nan')):.3f}",
+            f"{ppl:.2f}" if ppl is not None else "-",
+        )
+    console.print(table)
+    if json_path is not None:
+        write_json(json_path, {"model": loaded.source, "results": results})
+
+
+@app.command("compare")
+def compare_command(
+    dense: Annotated[str, typer.Argument(help="The reference (dense) model.")],
+    pruned: Annotated[list[str], typer.Argument(help="One or more pruned models.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("compare"),
+    prompts: Annotated[Path | None, typer.Option(help="A text file, one prompt a line.")] = None,
+    count: Annotated[int, typer.Option(help="Default prompts to use.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 64,
+    data: DataOpt = "pydoc",
+) -> None:
+    """Generate greedily from dense and pruned models; repetition, length, ROUGE-L."""
+    from llmprune.evaluate.behaviour import default_prompts, generate, side_by_side, summarise
+    from llmprune.io import write_json
+    from llmprune.models import load_model
+
+    if prompts is not None:
+        if not prompts.is_file():
+            raise LLMPruneError(f"no such prompt file: {prompts}")
+        texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
+    else:
+        texts = default_prompts(data, count)
+    if not texts:
+        raise LLMPruneError("no prompts to generate from")
+    outputs = {}
+    for source in [dense, *pruned]:
+        loaded = load_model(source)
+        outputs[source] = generate(loaded.model, loaded.tokenizer, texts, max_new_tokens)
+    summary = {source: summarise(outputs[source], outputs[dense]) for source in outputs}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
+    (out / "side_by_side.txt").write_text(side_by_side(texts, outputs))
+    table = Table(title="behaviour of generations")
+    columns = ("words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense")
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for source, metrics in summary.items():
+        table.add_row(source, *(f"{metrics[c]:.3f}" for c in columns))
+    console.print(table)
+    console.print(f"wrote {out / 'compare.json'} and {out / 'side_by_side.txt'}")
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -1,0 +1,104 @@
+"""How pruning changes what a model writes, not only its loss.
+
+Pruned models hallucinate less but omit and repeat more (Chrysostomou et al. 2024, in
+the lecture). `compare` generates greedily from a dense and a pruned model on the same
+prompts and reports, per model: repetition (distinct-n, repeated n-gram rate), length,
+and agreement with the dense text (ROUGE-L F1 from the `rouge-score` package).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmprune.errors import LLMPruneError
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(tokens: list[str], n: int) -> float:
+    """Unique n-grams / all n-grams (1.0 = no repetition; 0 n-grams counts as 1.0)."""
+    grams = ngrams(tokens, n)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repeated_ngram_rate(tokens: list[str], n: int) -> float:
+    """Share of n-grams that already occurred earlier in the same text."""
+    grams = ngrams(tokens, n)
+    if not grams:
+        return 0.0
+    seen, repeats = set(), 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams)
+
+
+def rouge_l(reference: str, candidate: str) -> float:
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise LLMPruneError("ROUGE-L needs rouge-score: pip install rouge-score") from None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return scorer.score(reference, candidate)["rougeL"].fmeasure
+
+
+def text_metrics(text: str) -> dict[str, float]:
+    words = text.split()
+    return {
+        "words": len(words),
+        "distinct_1": distinct_n(words, 1),
+        "distinct_2": distinct_n(words, 2),
+        "repeated_3gram_rate": repeated_ngram_rate(words, 3),
+    }
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
+    """Greedy continuations (fixed length unless the model ends the text)."""
+    device = next(model.parameters()).device
+    outputs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+        outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return outputs
+
+
+def default_prompts(data: str = "pydoc", count: int = 16) -> list[str]:
+    """The opening sentence of the first prose paragraphs of the evaluation text."""
+    from llmprune.data import get_source
+
+    prompts = []
+    for paragraph in get_source(data).text("eval").split("\n\n"):
+        sentence = " ".join(paragraph.split()).split(". ")[0]
+        if 8 <= len(sentence.split()) <= 40 and sentence[:1].isalpha():
+            prompts.append(sentence + ".")
+        if len(prompts) == count:
+            break
+    return prompts
+
+
+def summarise(texts: list[str], references: list[str]) -> dict[str, float]:
+    """Mean of each metric over prompts, and ROUGE-L against the reference texts."""
+    per_text = [text_metrics(t) for t in texts]
+    summary = {key: sum(m[key] for m in per_text) / len(per_text) for key in per_text[0]}
+    summary["rouge_l_vs_dense"] = sum(map(rouge_l, references, texts)) / len(texts)
+    return summary
+
+
+def side_by_side(prompts: list[str], columns: dict[str, list[str]]) -> str:
+    blocks = []
+    for index, prompt in enumerate(prompts):
+        lines = [f"=== prompt {index + 1}: {prompt}"]
+        for name, texts in columns.items():
+            lines.append(f"--- {name}:\n{texts[index].strip()}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

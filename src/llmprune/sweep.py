@@ -1,0 +1,152 @@
+"""Quality against sparsity, per method: the papers' figures for the user's own model.
+
+Each point (method, target) is pruned from the same dense weights with the same
+calibration windows (tokenized once; magnitude needs none — Wanda and SparseGPT collect
+their statistics again per point, since sequential calibration depends on the earlier
+pruned blocks), evaluated, and saved as its own JSON file: re-running skips finished
+points, and a results directory made for another model is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from llmprune.errors import LLMPruneError
+from llmprune.evaluate.perplexity import evaluate_text
+from llmprune.io import write_json
+from llmprune.models import load_model
+from llmprune.pruning import make_config, prune
+from llmprune.pruning.oneshot import calibration_data
+
+SWEEP_FILE = "sweep.json"
+
+
+def parse_range(text: str) -> list[float]:
+    """ "0.1:0.9:0.1" (inclusive) or "0.5,0.7" into sparsities, each in [0, 1)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            values = [round(start + k * step, 6) for k in range(count)]
+        else:
+            values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise LLMPruneError(
+            f"sparsity range must look like 0.1:0.9:0.1 or 0.5,0.7: {text!r}"
+        ) from None
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad or not values:
+        raise LLMPruneError(f"sweep sparsities must be in [0, 1), got {bad or text!r}")
+    return values
+
+
+def point_name(method: str, target: str, allocation: str = "uniform") -> str:
+    owl = "+owl" if allocation == "owl" else ""
+    return f"{method}{owl}@{target}".replace(":", "of")
+
+
+def plan_points(
+    methods: list[str], sparsities: list[float], patterns: list[str], owl: bool = False
+) -> list[dict]:
+    points = []
+    for method in methods:
+        for sparsity in sparsities:
+            points.append({"method": method, "target": f"{sparsity:g}", "sparsity": sparsity})
+        for pattern in patterns:
+            points.append({"method": method, "target": pattern, "pattern": pattern})
+        if owl and method != "magnitude":
+            for sparsity in sparsities:
+                points.append(
+                    {
+                        "method": method,
+                        "target": f"{sparsity:g}",
+                        "sparsity": sparsity,
+                        "allocation": "owl",
+                    }
+                )
+    for point in points:
+        options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
+        make_config(method=point["method"], **options)  # refuse bad points before any work
+    return points
+
+
+def check_results_dir(out: Path, model: str) -> None:
+    marker = out / SWEEP_FILE
+    if marker.is_file():
+        import json
+
+        made_for = json.loads(marker.read_text()).get("model")
+        if made_for != model:
+            raise LLMPruneError(f"{out} holds a sweep of {made_for}, not of {model}")
+    elif out.exists() and any(out.iterdir()):
+        raise LLMPruneError(f"{out} is not empty and holds no sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"model": model})
+
+
+def run_sweep(
+    model_source: str,
+    out: str | Path,
+    methods: list[str],
+    sparsities: list[float],
+    patterns: list[str],
+    owl: bool = False,
+    calib: str = "pydoc",
+    nsamples: int = 64,
+    seqlen: int = 256,
+    eval_windows: int | None = None,
+    zero_shot_tasks: list[str] | None = None,
+    zero_shot_limit: int | None = None,
+    echo=print,
+) -> list[dict]:
+    """Prune and evaluate every point not already in `out`; return all points' results."""
+    out = Path(out)
+    points = plan_points(methods, sparsities, patterns, owl)
+    check_results_dir(out, str(model_source))
+    dense = load_model(model_source)
+    sampling = make_config(sparsity=0.5, calib=calib, nsamples=nsamples, seqlen=seqlen)
+    windows = None
+    todo = [{"method": "dense", "target": "0", "sparsity": 0.0}] + points
+    for point in todo:
+        name = point_name(point["method"], point["target"], point.get("allocation", "uniform"))
+        path = out / "points" / f"{name}.json"
+        if path.is_file():
+            continue
+        echo(f"{point['method']} {point['target']} {point.get('allocation', '')}".rstrip())
+        start = time.perf_counter()
+        loaded = copy.deepcopy(dense)
+        record = {**point, "allocation": point.get("allocation", "uniform")}
+        if point["method"] != "dense":
+            if windows is None and point["method"] != "magnitude":
+                windows = calibration_data(dense.tokenizer, sampling, dense.context_length)
+            options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
+            config = make_config(
+                method=point["method"], calib=calib, nsamples=nsamples, seqlen=seqlen, **options
+            )
+            result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
+            record.update(
+                sparsity_measured=result.masks.sparsity(),
+                layer_sparsity=result.masks.layer_sparsity(),
+                block_sparsity=result.block_sparsity,
+            )
+        ppl = evaluate_text(loaded, calib, "eval", seqlen, eval_windows, progress=False)
+        record.update(perplexity=ppl.perplexity, eval_tokens=ppl.tokens)
+        if zero_shot_tasks:
+            from llmprune.evaluate.zeroshot import zero_shot
+
+            record["zero_shot"] = zero_shot(
+                loaded.model, loaded.tokenizer, zero_shot_tasks, zero_shot_limit, data=calib
+            )
+        record["seconds"] = time.perf_counter() - start
+        write_json(path, record)
+    return load_points(out)
+
+
+def load_points(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "points").glob("*.json"))]

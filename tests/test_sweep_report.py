@@ -1,0 +1,129 @@
+"""Sweeps, reports, zero-shot through lm-eval, and behaviour comparisons."""
+
+import json
+
+import pytest
+import torch
+
+from llmprune.errors import LLMPruneError
+from llmprune.evaluate.behaviour import (
+    distinct_n,
+    repeated_ngram_rate,
+    rouge_l,
+    summarise,
+    text_metrics,
+)
+from llmprune.evaluate.zeroshot import LASTWORD_TASK, lastword_examples, zero_shot
+from llmprune.pruning import prune
+from llmprune.report import render_report
+from llmprune.sweep import parse_range, run_sweep
+from tests.conftest import build_tiny
+
+
+def test_sweep_writes_tables_and_plots_and_reruns_for_free(tmp_path, tiny_model_dirs):
+    out = tmp_path / "sweep"
+    said = []
+    options = dict(
+        methods=["magnitude", "wanda"],
+        sparsities=[0.3, 0.6],
+        patterns=["2:4"],
+        owl=True,
+        nsamples=4,
+        seqlen=32,
+        eval_windows=3,
+        echo=said.append,
+    )
+    points = run_sweep(str(tiny_model_dirs["llama"]), out, **options)
+    assert len(points) == 1 + 2 * 3 + 2  # dense, 2 methods x (2 + 2:4), wanda+OWL x 2
+    render_report(out)
+    for name in (
+        "results.json",
+        "results.csv",
+        "results.md",
+        "report.md",
+        "perplexity_vs_sparsity.png",
+        "owl_block_sparsity.png",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "perplexity_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    table = json.loads((out / "results.json").read_text())
+    wanda_06 = [
+        r
+        for r in table
+        if r["method"] == "wanda" and r["target"] == "0.6" and r["allocation"] == "uniform"
+    ]
+    assert wanda_06[0]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert "| wanda | owl | 0.6 |" in (out / "results.md").read_text()
+    count = len(said)
+    run_sweep(str(tiny_model_dirs["llama"]), out, **options)
+    assert len(said) == count  # nothing left to do
+
+
+def test_sweep_bad_input(tmp_path, tiny_model_dirs):
+    with pytest.raises(LLMPruneError, match=r"\[0, 1\)"):
+        parse_range("0.5:1.0:0.25")
+    with pytest.raises(LLMPruneError, match="look like"):
+        parse_range("lots")
+    assert parse_range("0.1:0.3:0.1") == [0.1, 0.2, 0.3]
+    out = tmp_path / "sweep"
+    run_sweep(
+        str(tiny_model_dirs["gpt2"]),
+        out,
+        ["magnitude"],
+        [0.5],
+        [],
+        nsamples=2,
+        seqlen=32,
+        eval_windows=2,
+        echo=lambda *_: None,
+    )
+    with pytest.raises(LLMPruneError, match="holds a sweep of"):
+        run_sweep(str(tiny_model_dirs["opt"]), out, ["magnitude"], [0.5], [], echo=lambda *_: None)
+
+
+def test_repetition_metrics_match_a_hand_count():
+    words = ["the", "cat", "sat", "on", "the", "cat", "sat", "on", "the", "mat"]
+    # bigrams: the-cat, cat-sat, sat-on, on-the, the-cat, cat-sat, sat-on, on-the, the-mat
+    assert distinct_n(words, 2) == pytest.approx(5 / 9)
+    assert distinct_n(words, 1) == pytest.approx(5 / 10)
+    # trigrams: the-cat-sat, cat-sat-on, sat-on-the, on-the-cat, then 3 repeats, on-the-mat
+    assert repeated_ngram_rate(words, 3) == pytest.approx(3 / 8)
+    assert text_metrics(" ".join(words))["words"] == 10
+
+
+def test_compare_of_a_text_with_itself_is_perfect_agreement():
+    texts = ["a pruned model may repeat itself", "or it may omit things"]
+    summary = summarise(texts, texts)
+    assert summary["rouge_l_vs_dense"] == pytest.approx(1.0)
+    assert rouge_l("a b c d", "a b x d") == pytest.approx(0.75)
+
+
+def test_lastword_task_scores_dense_and_pruned_models_through_lm_eval(tiny_tokenizer):
+    examples = lastword_examples("\n\n".join(["word " * 30 + "ending."] * 3))
+    assert examples[0]["target"] == "ending" and len(examples[0]["context"].split()) == 30
+    dense = build_tiny("llama")
+    sparse = build_tiny("llama")
+    prune(sparse, method="magnitude", sparsity=0.9, progress=False)
+    for model in (dense, sparse):
+        results = zero_shot(model, tiny_tokenizer, limit=8, batch_size=4)
+        metrics = results[LASTWORD_TASK]
+        assert 0.0 <= metrics["acc"] <= 1.0
+        assert metrics["perplexity"] > 1.0
+
+
+def test_unknown_zero_shot_task_is_refused(tiny_tokenizer):
+    with pytest.raises(LLMPruneError, match="unknown zero-shot task 'lambada_klingon'"):
+        zero_shot(build_tiny("gpt2"), tiny_tokenizer, ["lambada_klingon"])
+
+
+@pytest.mark.real
+def test_real_model_lastword_accuracy_drops_when_heavily_pruned(real_model):
+    import copy
+
+    dense = zero_shot(real_model.model, real_model.tokenizer, limit=40)[LASTWORD_TASK]["acc"]
+    sparse_model = copy.deepcopy(real_model.model)
+    prune(sparse_model, method="magnitude", sparsity=0.9, progress=False)
+    sparse = zero_shot(sparse_model, real_model.tokenizer, limit=40)[LASTWORD_TASK]["acc"]
+    assert dense > 0.2
+    assert sparse < dense
+    assert torch.isfinite(torch.tensor(dense))
