@@ -22,10 +22,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS = ["0.5", "2:4", "0.7"]
 OURS = ["magnitude", "wanda", "sparsegpt"]
 PEER = ["wanda", "sparsegpt"]
-OWL_TARGETS = ["0.7"]
 
 
 def target_options(target: str) -> dict:
@@ -168,16 +166,18 @@ def prepare(args, workdir: Path) -> tuple[dict, float]:
     return base, dense
 
 
-def jobs(base: dict, with_peer: bool) -> list[dict]:
+def jobs(
+    base: dict, targets: list[str], peer_targets: list[str], owl_targets: list[str], with_peer: bool
+) -> list[dict]:
     planned = []
-    for target in TARGETS:
+    for target in targets:
         for method in OURS:
             planned.append({**base, "tool": "llmprune", "method": method, "target": target})
-            if with_peer and method in PEER:
+            if with_peer and method in PEER and target in peer_targets:
                 planned.append(
                     {**base, "tool": "llmcompressor", "method": method, "target": target}
                 )
-    for target in OWL_TARGETS:
+    for target in owl_targets:
         for method in ("wanda", "sparsegpt"):
             planned.append(
                 {
@@ -239,7 +239,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--data", default="pydoc")
-    parser.add_argument("--nsamples", type=int, default=64)
+    parser.add_argument("--targets", default="0.5,2:4,0.7")
+    parser.add_argument("--peer-targets", default="0.5,2:4", help="llmcompressor runs these")
+    parser.add_argument("--owl-targets", default="0.7")
+    parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=None)
@@ -248,8 +251,6 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    from llmprune.io import write_json
-
     with_peer = peer_available()
     if not with_peer:
         print("llmcompressor is not installed here: its rows are skipped (bench/setup_peer.sh)")
@@ -257,8 +258,16 @@ def main() -> None:
         base, dense = prepare(args, Path(tmp))
         rows = []
         with open(Path(tmp) / "log.txt", "w") as log:
-            for job in jobs(base, with_peer):
+            planned = jobs(
+                base,
+                split(args.targets),
+                split(args.peer_targets),
+                split(args.owl_targets),
+                with_peer,
+            )
+            for job in planned:
                 rows.append(spawn(job, log))
+                save(args, dense, rows, partial=True)
                 row = rows[-1]
                 print(
                     f"  {row['tool']} {row['method']} {row['target']} {row.get('allocation', '')}"
@@ -266,10 +275,19 @@ def main() -> None:
                     flush=True,
                 )
             add_ratios(rows)
-    for row in rows:
-        for key in ("model_dir", "calib", "eval"):
-            row.pop(key, None)
     print_table(rows, dense)
+    save(args, dense, rows, partial=False)
+    print(f"wrote {args.out}")
+
+
+def split(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def save(args, dense: float, rows: list[dict], partial: bool) -> None:
+    from llmprune.io import write_json
+
+    hidden = ("model_dir", "calib", "eval")
     write_json(
         args.out,
         {
@@ -281,10 +299,10 @@ def main() -> None:
             "dense_perplexity": dense,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "rows": rows,
+            "partial": partial,
+            "rows": [{k: v for k, v in r.items() if k not in hidden} for r in rows],
         },
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
