@@ -8,10 +8,14 @@ from llmprune.export import load_masks
 from llmprune.pipeline import prune_and_save
 from tests.conftest import FAMILIES
 
+CASES = [(family, "uniform") for family in FAMILIES] + [("llama", "owl"), ("gpt2", "owl")]
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_streamed_pruning_equals_in_memory_pruning(family, tiny_model_dirs, tmp_path):
-    options = dict(method="sparsegpt", sparsity=0.5, nsamples=4, seqlen=32, batch_size=3)
+
+@pytest.mark.parametrize("family, allocation", CASES)
+def test_streamed_pruning_equals_in_memory_pruning(family, allocation, tiny_model_dirs, tmp_path):
+    options = dict(
+        method="sparsegpt", sparsity=0.5, nsamples=4, seqlen=32, batch_size=3, allocation=allocation
+    )
     runs = {}
     for stream in (True, False):
         out = tmp_path / f"out-{stream}"

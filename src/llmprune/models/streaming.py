@@ -208,7 +208,7 @@ class ShardWriter:
 class StreamResidency:
     """Blocks come from disk on `enter` and go to the output shards on `leave`."""
 
-    def __init__(self, streamed: StreamedModel, writer: ShardWriter, device: torch.device):
+    def __init__(self, streamed: StreamedModel, writer: ShardWriter | None, device: torch.device):
         self.streamed = streamed
         self.writer = writer
         self.device = torch.device(device)
@@ -217,5 +217,10 @@ class StreamResidency:
         return self.streamed.load_block(index, self.device)
 
     def leave(self, index: int) -> None:
-        self.writer.add(self.streamed.block_tensors(index))
+        if self.writer is not None:
+            self.writer.add(self.streamed.block_tensors(index))
         self.streamed.release_block(index)
+
+    def read_only(self) -> StreamResidency:
+        """Blocks read and dropped, nothing written: for OWL's pass over the dense model."""
+        return StreamResidency(self.streamed, None, self.device)

@@ -10,6 +10,7 @@ from torch import nn
 
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, find_layout, set_weight_matrix, weight_matrix
+from llmprune.models.loading import max_context
 from llmprune.pruning.allocation import (
     outlier_ratio,
     override_target,
@@ -169,12 +170,20 @@ def prune(
     method = METHODS[config.method]
     windows = None
     if config.needs_calibration:
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        context = max_context(model.config) if hasattr(model, "config") else None
         windows = (
             calibration if calibration is not None else calibration_data(tokenizer, config, context)
         )
     block_sparsity = (
-        owl_sparsities(model, layout, windows, config, chosen, progress, residency)
+        owl_sparsities(
+            model,
+            layout,
+            windows,
+            config,
+            chosen,
+            progress,
+            residency.read_only() if residency is not None else None,
+        )
         if config.allocation == "owl"
         else []
     )

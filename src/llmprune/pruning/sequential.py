@@ -152,6 +152,10 @@ class Residency:
         if self.device.type != "cpu":
             self.layout.blocks[index].to("cpu")
 
+    def read_only(self) -> Residency:
+        """The same residency for a pass that must not change or write anything (OWL)."""
+        return self
+
 
 def walk_blocks(
     model: nn.Module,
