@@ -168,3 +168,41 @@ def test_prune_bad_options(monkeypatch, capsys, tiny_model_dirs, tmp_path, args,
     assert code == 2, stderr
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_a_model_with_itself(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    model = tiny_model_dirs["llama"]
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "compare",
+        model,
+        model,
+        "--out",
+        tmp_path / "cmp",
+        "--count",
+        3,
+        "--max-new-tokens",
+        8,
+    )
+    assert code == 0, stdout
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert len(record["prompts"]) == 3
+    assert record["summary"][str(model)]["rouge_l_vs_dense"] == pytest.approx(1.0)
+    assert "=== prompt 1" in (tmp_path / "cmp" / "side_by_side.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["zeroshot", "{opt}", "--tasks", "no_such_task"], "unknown zero-shot task"),
+        (["report", "{tmp}"], "neither a sweep nor a run"),
+        (["sweep", "{opt}", "--sparsity", "0.5:1.5:0.5", "--out", "{tmp}/s"], "[0, 1)"),
+        (["run", "{tmp}/missing.yaml"], "no such recipe"),
+    ],
+)
+def test_more_bad_input(monkeypatch, capsys, tiny_model_dirs, tmp_path, args, message):
+    args = [a.format(opt=tiny_model_dirs["opt"], tmp=tmp_path) for a in args]
+    code, _, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 2, stderr
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
