@@ -132,7 +132,8 @@ def prune_and_save(
     evaluations load whole models.
     """
     config = make_config(**config_values)
-    out = check_output_path(out, model_source, overwrite)
+    location, gguf_file = resolve_source(model_source)  # the real files, e.g. the cache copy
+    out = check_output_path(out, Path(location) / gguf_file if gguf_file else location, overwrite)
     record: dict = {"model": str(model_source), "label": config.label}
     source_dir = streamable_dir(model_source) if stream else None
     job = PruneJob(config, dtype, overwrite, progress, calibration)
