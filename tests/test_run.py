@@ -136,3 +136,44 @@ def test_lora_on_a_missing_layer_stops_the_run_and_keeps_earlier_steps(tmp_path,
 def test_demo_recipe_is_valid():
     recipe = load_recipe(None)
     assert [s.kind for s in plan(recipe)] == ["evaluate", "prune", "finetune"]
+
+
+def test_a_recipe_under_torchrun_with_two_processes(tmp_path, tiny_model_dirs):
+    import os
+    import subprocess
+    import sys
+
+    stages = [
+        {"prune": {"method": "magnitude", "sparsity": 0.5}},
+        {"finetune": {"steps": 2, "batch_size": 2, "seqlen": 32, "learning_rate": 0.001}},
+    ]
+    path = write_recipe(tmp_path, tiny_model_dirs["llama"], stages=stages)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29523",
+            "-m",
+            "llmprune.cli",
+            "run",
+            str(path),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    log = read_log(tmp_path / "run")
+    assert [line["kind"] for line in log] == ["prune", "finetune"]
+    masks = load_masks(tmp_path / "run" / "stage-02-finetune")
+    assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)
+    record = json.loads((tmp_path / "run" / "stage-02-finetune" / "stage.json").read_text())
+    assert record["finetune"]["world_size"] == 2

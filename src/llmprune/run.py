@@ -117,12 +117,23 @@ def run_recipe(
     overwrite: bool = False,
     echo=print,
 ) -> list[dict]:
-    """Run (or resume) every step of `recipe` in `run_dir`; return the log records."""
+    """Run (or resume) every step of `recipe` in `run_dir`; return the log records.
+
+    Under `accelerate launch` / `torchrun` every process runs the steps (fine-tuning
+    trains with DDP; pruning is deterministic, so all ranks agree) and only the main
+    process writes, with a barrier after each step.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
     steps = plan(recipe)
     root = Path(run_dir).resolve()
-    prepare_run_dir(root, recipe, resume, overwrite)
+    if state.is_main_process:
+        prepare_run_dir(root, recipe, resume, overwrite)
+    state.wait_for_everyone()
     done = finished_steps(root, steps)
-    rebuild_log(root, steps, done)
+    if state.is_main_process:
+        rebuild_log(root, steps, done)
     if done:
         echo(f"resuming after step {done} of {len(steps)}")
     loaded, masks = starting_state(root, recipe, steps, done)
@@ -139,9 +150,11 @@ def run_recipe(
             "perplexity": measure(loaded, recipe),
             "seconds": time.perf_counter() - start,
         }
-        save_step(root, index, step, loaded, masks, record)
-        if recipe.keep_models == "last" and step.kind != "evaluate":
-            drop_older_models(root, steps, index)
+        if state.is_main_process:
+            save_step(root, index, step, loaded, masks, record)
+            if recipe.keep_models == "last" and step.kind != "evaluate":
+                drop_older_models(root, steps, index)
+        state.wait_for_everyone()
         echo(f"    perplexity {record['perplexity']:.3f}  sparsity {record['sparsity']:.2%}")
     return read_log(root)
 
