@@ -215,6 +215,10 @@ def run_command(
     root = run_dir or Path("runs") / f"{name}-{loaded.fingerprint()[:8]}"
     console.print(f"run directory {root}")
     log = run_recipe(loaded, root, resume=resume, overwrite=overwrite, echo=console.print)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     table = Table(title=f"{name}: perplexity after each step")
     for column in ("step", "stage", "perplexity", "sparsity", "seconds"):
         table.add_column(column, justify="right")

@@ -125,7 +125,9 @@ def run_recipe(
     """
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=recipe.device == "cpu")
+    if not state.is_main_process:
+        echo = silent
     steps = plan(recipe)
     root = Path(run_dir).resolve()
     if state.is_main_process:
@@ -157,6 +159,10 @@ def run_recipe(
         state.wait_for_everyone()
         echo(f"    perplexity {record['perplexity']:.3f}  sparsity {record['sparsity']:.2%}")
     return read_log(root)
+
+
+def silent(*_args, **_kwargs) -> None:
+    """What processes other than the main one print."""
 
 
 def save_step(root: Path, index: int, step: Step, loaded, masks, record: dict) -> None:
