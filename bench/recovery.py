@@ -26,7 +26,6 @@ RESULTS = Path(__file__).parent / "results"
 RECOVERIES = {
     "full": ["all"],
     "perp (biases+norms)": ["biases", "norms"],
-    "perp+head": ["biases", "norms", "head"],
     "perp+lora r16": ["biases", "norms", "lora"],
 }
 

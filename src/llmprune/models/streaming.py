@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -56,26 +55,73 @@ def renamed(key: str, renamings: list[tuple[str, str]]) -> str:
     return key
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
 class CheckpointReader:
-    """Tensors of a safetensors checkpoint directory, read one at a time, never all."""
+    """Tensors of a safetensors checkpoint directory, read one at a time, never all.
+
+    Reads with plain positioned reads rather than safetensors' memory map: a mapped
+    file's pages join this process's resident set as they are touched, so streaming a
+    model through a map would end up holding all of it.
+    """
 
     def __init__(self, directory: Path):
         files = sorted(Path(directory).glob("*.safetensors"))
         if not files:
             raise LLMPruneError(f"{directory} has no .safetensors files to stream from")
-        self.handles = {}
-        self.location: dict[str, Path] = {}
-        try:
-            for file in files:
-                handle = safe_open(str(file), framework="pt")
-                self.handles[file] = handle
-                for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                    self.location[key] = file
-        except (SafetensorError, OSError) as exc:
-            raise LLMPruneError(f"corrupt checkpoint in {directory}: {first_line(exc)}") from None
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for file in files:
+            try:
+                with open(file, "rb") as handle:
+                    size = int.from_bytes(handle.read(8), "little")
+                    header = json.loads(handle.read(size))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise LLMPruneError(f"corrupt checkpoint file {file}: {first_line(exc)}") from None
+            header.pop("__metadata__", None)
+            for key, entry in header.items():
+                self.entries[key] = (file, 8 + size, entry)
+
+    @property
+    def location(self) -> dict[str, Path]:
+        return {key: file for key, (file, _, _) in self.entries.items()}
 
     def read(self, key: str) -> torch.Tensor:
-        return self.handles[self.location[key]].get_tensor(key)
+        file, data_start, entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise LLMPruneError(f"{file}: tensor {key} has unsupported dtype {entry['dtype']}")
+        buffer = bytearray(end - begin)
+        with open(file, "rb") as handle:
+            handle.seek(data_start + begin)
+            if handle.readinto(buffer) != len(buffer):
+                raise LLMPruneError(f"corrupt checkpoint file {file}: {key} is truncated")
+        if not buffer:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+
+
+def return_freed_memory() -> None:
+    """glibc keeps freed large blocks for reuse; malloc_trim gives them back to the OS,
+    so the resident set reflects one block, not every block seen so far."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class StreamedModel:
@@ -167,8 +213,9 @@ class StreamedModel:
         return tensors
 
     def release_block(self, index: int) -> None:
-        """Drop a block's weights back to the meta device."""
+        """Drop a block's weights back to the meta device and hand the memory back."""
         self.layout.blocks[index].to("meta")
+        return_freed_memory()
 
     def outside_tensors(self) -> dict[str, torch.Tensor]:
         """Embeddings, final norm and head under their checkpoint names (tied ones once)."""
