@@ -7,6 +7,8 @@ and each model is a randomly initialised two-block decoder saved with save_pretr
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -149,6 +151,22 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> dict:
         tiny_tokenizer.save_pretrained(root / family)
         dirs[family] = root / family
     return dirs
+
+
+def torchrun(*args: str, port: int) -> subprocess.CompletedProcess:
+    """Run `args` (a script or `-m module ...`) in 2 CPU processes under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -104,37 +104,13 @@ def test_prune_saves_a_loadable_checkpoint(monkeypatch, capsys, tiny_model_dirs,
 def test_prune_refuses_to_overwrite(monkeypatch, capsys, tiny_model_dirs, tmp_path):
     source = tiny_model_dirs["gpt2"]
     before = {p.name: p.read_bytes() for p in source.iterdir()}
-    code, _, stderr = run_cli(
-        monkeypatch,
-        capsys,
-        "prune",
-        source,
-        "--method",
-        "magnitude",
-        "--sparsity",
-        0.5,
-        "--out",
-        source,
-        "--overwrite",
-        "--no-eval",
-    )
+    magnitude = ["prune", source, "--method", "magnitude", "--sparsity", 0.5, "--no-eval"]
+    code, _, stderr = run_cli(monkeypatch, capsys, *magnitude, "--out", source, "--overwrite")
     assert code == 2 and "would overwrite the input model" in stderr
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    code, _, stderr = run_cli(
-        monkeypatch,
-        capsys,
-        "prune",
-        source,
-        "--method",
-        "magnitude",
-        "--sparsity",
-        0.5,
-        "--out",
-        busy,
-        "--no-eval",
-    )
+    code, _, stderr = run_cli(monkeypatch, capsys, *magnitude, "--out", busy)
     assert code == 2 and "--overwrite" in stderr
     assert (busy / "keep.txt").read_text() == "mine"
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before

@@ -11,6 +11,7 @@ from llmprune.errors import LLMPruneError
 from llmprune.export import load_masks
 from llmprune.recipe import load_recipe, plan
 from llmprune.run import read_log, run_recipe
+from tests.conftest import torchrun
 
 
 def write_recipe(tmp_path, model_dir, **changes):
@@ -139,36 +140,13 @@ def test_demo_recipe_is_valid():
 
 
 def test_a_recipe_under_torchrun_with_two_processes(tmp_path, tiny_model_dirs):
-    import os
-    import subprocess
-    import sys
-
     stages = [
         {"prune": {"method": "magnitude", "sparsity": 0.5}},
         {"finetune": {"steps": 2, "batch_size": 2, "seqlen": 32, "learning_rate": 0.001}},
     ]
     path = write_recipe(tmp_path, tiny_model_dirs["llama"], stages=stages)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29523",
-            "-m",
-            "llmprune.cli",
-            "run",
-            str(path),
-            "--run-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
+    process = torchrun(
+        "-m", "llmprune.cli", "run", str(path), "--run-dir", str(tmp_path / "run"), port=29523
     )
     assert process.returncode == 0, process.stderr[-3000:]
     log = read_log(tmp_path / "run")

@@ -1,9 +1,6 @@
 """Recovery keeps sparsity: full fine-tuning, PERP subsets, LoRA merged through masks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from llmprune.finetune import finetune, make_finetune_config
 from llmprune.finetune.lora import add_lora
 from llmprune.finetune.trainable import set_trainable, trainable_names
 from llmprune.pruning import prune
-from tests.conftest import build_tiny
+from tests.conftest import build_tiny, torchrun
 
 
 def train_windows(count=32, seqlen=24):
@@ -117,24 +114,7 @@ def test_bad_finetune_options():
 
 def test_two_process_ddp_keeps_masks_and_agrees(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            str(worker),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    process = torchrun(str(worker), str(tmp_path), port=29517)
     assert process.returncode == 0, process.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in reports)
