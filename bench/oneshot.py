@@ -38,6 +38,10 @@ def eval_ppl(model, windows_path: str) -> float:
 
 
 def run_ours(job: dict) -> dict:
+    """llmprune in memory, or (job["stream"]) as the CLI runs it: streamed from the
+    checkpoint into an output directory, one block in memory."""
+    if job.get("stream"):
+        return run_ours_streamed(job)
     from llmprune.evaluate.resources import peak_rss_mb
     from llmprune.models import load_model
     from llmprune.pruning import make_config, prune
@@ -60,6 +64,38 @@ def run_ours(job: dict) -> dict:
         "peak_rss_mb": rss,
         "sparsity": result.masks.sparsity(),
         "perplexity": eval_ppl(loaded.model, job["eval"]),
+    }
+
+
+def run_ours_streamed(job: dict) -> dict:
+    from llmprune.models import load_model
+    from llmprune.pipeline import prune_and_save
+
+    calibration = torch.load(job["calib"])
+    options = {
+        "method": job["method"],
+        "allocation": job.get("allocation", "uniform"),
+        "nsamples": calibration.shape[0],
+        "seqlen": calibration.shape[1],
+        **target_options(job["target"]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        record = prune_and_save(
+            job["model_dir"],
+            Path(tmp) / "out",
+            options,
+            evaluate=False,
+            progress=False,
+            calibration=calibration,
+        )
+        pruned = load_model(record["out"])
+        ppl = eval_ppl(pruned.model, job["eval"])
+    return {
+        "seconds": record["prune_seconds"],
+        "peak_rss_mb": record["peak_rss_mb"],
+        "sparsity": record["sparsity"],
+        "streamed": record["streamed"],
+        "perplexity": ppl,
     }
 
 
@@ -242,6 +278,8 @@ def main() -> None:
     parser.add_argument("--targets", default="0.5,2:4,0.7")
     parser.add_argument("--peer-targets", default="0.5,2:4", help="llmcompressor runs these")
     parser.add_argument("--owl-targets", default="0.7")
+    parser.add_argument("--stream", action="store_true", help="llmprune streams from disk")
+    parser.add_argument("--no-peer", action="store_true", help="skip llmcompressor")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
@@ -251,11 +289,12 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    with_peer = peer_available()
+    with_peer = peer_available() and not args.no_peer
     if not with_peer:
         print("llmcompressor is not installed here: its rows are skipped (bench/setup_peer.sh)")
     with tempfile.TemporaryDirectory() as tmp:
         base, dense = prepare(args, Path(tmp))
+        base["stream"] = args.stream
         rows = []
         with open(Path(tmp) / "log.txt", "w") as log:
             planned = jobs(

@@ -1,0 +1,65 @@
+"""Markdown tables of the benchmark results, for the README: python bench/render.py"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def oneshot_table(data: dict) -> str:
+    lines = [
+        f"Dense perplexity {data['dense_perplexity']:.2f}; {data['nsamples']} calibration "
+        f"windows of {data['seqlen']} tokens (seed {data['seed']}); {data['threads']} thread(s).",
+        "",
+        "| tool | method | target | sparsity | perplexity | prune s | peak RSS MiB "
+        "| ppl × | time × | RSS × |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['tool']} | {r['method']} | {r['target']} | error: {r['error']} | | | | | | |"
+            )
+            continue
+        name = r["method"] + (" + OWL" if r.get("allocation") == "owl" else "")
+        ratio = r.get("vs_llmcompressor")
+        extra = (
+            f"{ratio['perplexity']:.3f} | {ratio['seconds']:.2f} | {ratio['peak_rss_mb']:.2f}"
+            if ratio
+            else " | | "
+        )
+        lines.append(
+            f"| {r['tool']} | {name} | {r['target']} | {r['sparsity']:.3f} | "
+            f"{r['perplexity']:.2f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {extra} |"
+        )
+    return "\n".join(lines)
+
+
+def recovery_table(data: dict) -> str:
+    lines = [
+        f"Dense perplexity {data['dense_ppl']:.2f} (seqlen {data['settings']['seqlen']}, "
+        f"{data['settings']['eval_windows']} windows).",
+        "",
+        "| method | sparsity | recovery | perplexity | trainable | fine-tuning steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        frac = f"{r['trainable_fraction']:.3%}" if "trainable_fraction" in r else ""
+        lines.append(
+            f"| {r['method']} | {r['sparsity']} | {r['recovery']} | {r['ppl']:.2f} | "
+            f"{frac} | {r.get('steps', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name, render in (("oneshot.json", oneshot_table), ("recovery.json", recovery_table)):
+        path = RESULTS / name
+        if path.is_file():
+            print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+
+
+if __name__ == "__main__":
+    main()
