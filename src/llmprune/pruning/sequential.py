@@ -79,16 +79,13 @@ def capture_block_inputs(
 
 
 @torch.no_grad()
-def run_block(
-    block: nn.Module, inputs: list[BlockInput], device: torch.device
-) -> list[torch.Tensor]:
-    """Outputs of a block for every captured batch (hidden states only)."""
-    outputs = []
+def advance(block: nn.Module, inputs: list[BlockInput], device: torch.device) -> None:
+    """Replace each batch's hidden states by the block's output, one batch at a time
+    (never two copies of the whole calibration set)."""
     for item in inputs:
         out = block(item.hidden.to(device), *item.args, **item.kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
-        outputs.append(hidden.to(item.hidden.device))
-    return outputs
+        item.hidden = hidden.to(item.hidden.device)
 
 
 @torch.no_grad()
@@ -187,9 +184,7 @@ def walk_blocks(
         block = residency.enter(index)
         visit(index, block, inputs)
         if inputs:
-            outputs = run_block(block, inputs, device)
-            for item, hidden in zip(inputs, outputs, strict=True):
-                item.hidden = hidden
+            advance(block, inputs, device)
         residency.leave(index)
 
 
