@@ -137,7 +137,7 @@ def prune_command(
     nsamples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     seqlen: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed for calibration sampling.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Calibration windows per forward pass.")] = 2,
     blocksize: Annotated[int, typer.Option(help="SparseGPT column block.")] = 128,
     dampening: Annotated[float, typer.Option(help="SparseGPT dampening, x mean diag(H).")] = 0.01,
     per_row: Annotated[bool, typer.Option(help="Magnitude: compare within rows.")] = False,

@@ -32,7 +32,7 @@ class PruneConfig(BaseModel):
     nsamples: int = Field(default=128, ge=1)
     seqlen: int = Field(default=512, ge=2)
     seed: int = 0
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=2, ge=1)  # 2 windows: peak RSS ~1/3 lower than 8, as fast
     blocksize: int = Field(default=128, ge=1)
     dampening: float = Field(default=0.01, gt=0)
     device: str = "cpu"
