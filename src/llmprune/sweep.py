@@ -10,6 +10,7 @@ points, and a results directory made for another model is refused.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -77,8 +78,6 @@ def plan_points(
 def check_results_dir(out: Path, model: str) -> None:
     marker = out / SWEEP_FILE
     if marker.is_file():
-        import json
-
         made_for = json.loads(marker.read_text()).get("model")
         if made_for != model:
             raise LLMPruneError(f"{out} holds a sweep of {made_for}, not of {model}")
@@ -147,6 +146,4 @@ def run_sweep(
 
 
 def load_points(out: Path) -> list[dict]:
-    import json
-
     return [json.loads(p.read_text()) for p in sorted((Path(out) / "points").glob("*.json"))]

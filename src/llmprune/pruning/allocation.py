@@ -13,7 +13,7 @@ import fnmatch
 import torch
 
 from llmprune.errors import LLMPruneError
-from llmprune.pruning.targets import NM, Sparsity, Target, parse_pattern
+from llmprune.pruning.targets import Sparsity, Target, parse_pattern
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -25,8 +25,7 @@ def matches(name: str, patterns: list[str]) -> bool:
 
 
 def select_layers(names: list[str], targets: list[str], ignore: list[str]) -> list[str]:
-    chosen = [n for n in names if (not targets or matches(n, targets)) and not matches(n, ignore)]
-    return chosen
+    return [n for n in names if (not targets or matches(n, targets)) and not matches(n, ignore)]
 
 
 def parse_target(value: float | str) -> Target:
@@ -67,7 +66,3 @@ def uniform_target(sparsity: float | None, pattern: str | None) -> Target:
     if (sparsity is None) == (pattern is None):
         raise LLMPruneError("give exactly one of a sparsity or an N:M pattern")
     return parse_pattern(pattern) if pattern is not None else Sparsity(sparsity)
-
-
-def is_nm(target: Target) -> bool:
-    return isinstance(target, NM)

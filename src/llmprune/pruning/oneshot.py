@@ -165,7 +165,6 @@ def prune(
     if not names:
         raise LLMPruneError("no linear layer matches --targets / --ignore")
     chosen = set(names)
-    uniform_target(config.sparsity, config.pattern)
     layer_targets(layout, config, names, [])  # validate N:M and overrides before any work
     method = METHODS[config.method]
     windows = None

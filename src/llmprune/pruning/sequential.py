@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llmprune.models.layout import ModelLayout, weight_matrix
+from llmprune.models.layout import ModelLayout
 from llmprune.pruning.statistics import Statistic
 
 
@@ -186,7 +186,3 @@ def walk_blocks(
         if inputs:
             advance(block, inputs, device)
         residency.leave(index)
-
-
-def block_in_features(module: nn.Module) -> int:
-    return weight_matrix(module).shape[1]
