@@ -15,7 +15,7 @@ from llmprune.evaluate.behaviour import (
 )
 from llmprune.evaluate.zeroshot import LASTWORD_TASK, lastword_examples, zero_shot
 from llmprune.pruning import prune
-from llmprune.report import render_report
+from llmprune.report import render_report, rows, table_columns, zero_shot_stderr
 from llmprune.sweep import parse_range, run_sweep
 from tests.conftest import build_tiny
 
@@ -79,6 +79,39 @@ def test_sweep_bad_input(tmp_path, tiny_model_dirs):
     )
     with pytest.raises(LLMPruneError, match="holds a sweep of"):
         run_sweep(str(tiny_model_dirs["opt"]), out, ["magnitude"], [0.5], [], echo=lambda *_: None)
+    with pytest.raises(LLMPruneError, match="swept with nsamples=2, not 8"):
+        run_sweep(
+            str(tiny_model_dirs["gpt2"]),
+            out,
+            ["wanda"],
+            [0.5],
+            [],
+            nsamples=8,
+            seqlen=32,
+            eval_windows=2,
+            echo=lambda *_: None,
+        )
+    assert not (out / "points" / "wanda@0.5.json").exists()
+
+
+def test_report_columns_and_zero_shot_error_bars():
+    def point(method, target, ppl, accs, **extra):
+        zero = {task: {"acc": acc, "sample_len": 101} for task, acc in accs.items()}
+        return {"method": method, "target": target, "perplexity": ppl, "zero_shot": zero, **extra}
+
+    points = [
+        point("dense", "0", 20.0, {"a": 0.5, "b": 0.7}, sparsity=0.0),
+        point("wanda", "0.5", 30.0, {"a": 0.5, "b": 0.3}, sparsity=0.5),
+        point("wanda", "2:4", 50.0, {"a": 0.4, "b": 0.2}, pattern="2:4"),
+    ]
+    table = rows(points)
+    assert [r["ppl_vs_dense"] for r in table] == pytest.approx([1.0, 1.5, 2.5])
+    assert table[1]["zero_shot_acc"] == pytest.approx(0.4)
+    assert table_columns(table)[5:9] == ["ppl_vs_dense", "a", "b", "zero_shot_acc"]
+    # one task: acc 0.5 over 101 examples -> sqrt(0.25 / 100) = 0.05
+    assert zero_shot_stderr({"zero_shot": {"a": {"acc": 0.5, "sample_len": 101}}}) == 0.05
+    # two tasks: the mean's error is sqrt(0.0025 + 0.0021) / 2
+    assert zero_shot_stderr(points[1]) == pytest.approx((0.0025 + 0.0021) ** 0.5 / 2)
 
 
 def test_repetition_metrics_match_a_hand_count():

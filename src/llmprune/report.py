@@ -13,17 +13,51 @@ from pathlib import Path
 
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_json
+from llmprune.pruning.config import METHODS
 
-COLUMNS = ["method", "allocation", "target", "sparsity", "perplexity", "zero_shot_acc", "seconds"]
+COLUMNS = [
+    "method",
+    "allocation",
+    "target",
+    "sparsity",
+    "perplexity",
+    "ppl_vs_dense",
+    "zero_shot_acc",
+    "seconds",
+]
+PATTERN_MARKERS = {"2:4": "*", "4:8": "X"}
 
 
 def zero_shot_acc(point: dict) -> float | None:
+    """Mean accuracy over the point's zero-shot tasks (the papers' "average" column)."""
     tasks = point.get("zero_shot") or {}
     values = [m["acc"] for m in tasks.values() if "acc" in m]
     return sum(values) / len(values) if values else None
 
 
+def zero_shot_stderr(point: dict) -> float | None:
+    """Binomial standard error of the mean accuracy: small offline tasks are noisy.
+
+    Each task's accuracy is a mean of n 0/1 outcomes, so its error is
+    sqrt(acc (1 - acc) / (n - 1)), as lm-eval computes it; the mean over k tasks has the
+    root of the summed variances over k.
+    """
+    tasks = [m for m in (point.get("zero_shot") or {}).values() if "acc" in m]
+    if not tasks or any(m.get("sample_len", 0) < 2 for m in tasks):
+        return None
+    variance = sum(m["acc"] * (1 - m["acc"]) / (m["sample_len"] - 1) for m in tasks)
+    return variance**0.5 / len(tasks)
+
+
+def task_names(points: list[dict]) -> list[str]:
+    names = {task for p in points for task in (p.get("zero_shot") or {})}
+    return sorted(names)
+
+
 def rows(points: list[dict]) -> list[dict]:
+    """One row per point, dense first, then per method: unstructured by sparsity, N:M."""
+    dense = next((p["perplexity"] for p in points if p["method"] == "dense"), None)
+    tasks = task_names(points)
     table = []
     for p in sorted(
         points,
@@ -35,18 +69,29 @@ def rows(points: list[dict]) -> list[dict]:
             p.get("sparsity", 0.5),
         ),
     ):
-        table.append(
-            {
-                "method": p["method"],
-                "allocation": p.get("allocation", "uniform"),
-                "target": p["target"],
-                "sparsity": p.get("sparsity_measured", p.get("sparsity", 0.5)),
-                "perplexity": p["perplexity"],
-                "zero_shot_acc": zero_shot_acc(p),
-                "seconds": p.get("seconds"),
-            }
-        )
+        row = {
+            "method": p["method"],
+            "allocation": p.get("allocation", "uniform"),
+            "target": p["target"],
+            "sparsity": p.get("sparsity_measured", p.get("sparsity", 0.5)),
+            "perplexity": p["perplexity"],
+            "ppl_vs_dense": p["perplexity"] / dense if dense else None,
+            "zero_shot_acc": zero_shot_acc(p),
+            "seconds": p.get("seconds"),
+        }
+        for task in tasks:
+            row[task] = (p.get("zero_shot") or {}).get(task, {}).get("acc")
+        table.append(row)
     return table
+
+
+def table_columns(table: list[dict]) -> list[str]:
+    """COLUMNS, with one accuracy column per zero-shot task when there is more than one."""
+    tasks = [c for c in (table[0] if table else {}) if c not in COLUMNS]
+    if len(tasks) < 2:
+        return COLUMNS
+    at = COLUMNS.index("zero_shot_acc")
+    return COLUMNS[:at] + tasks + COLUMNS[at:]
 
 
 def markdown_table(table: list[dict], columns: list[str]) -> str:
@@ -62,20 +107,23 @@ def markdown_table(table: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(points: list[dict], out: Path) -> list[dict]:
+def write_tables(points: list[dict], out: Path) -> tuple[list[dict], list[str]]:
     table = rows(points)
+    columns = table_columns(table)
     write_json(out / "results.json", table)
     with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
-    (out / "results.md").write_text(markdown_table(table, COLUMNS))
-    return table
+    (out / "results.md").write_text(markdown_table(table, columns))
+    return table, columns
 
 
 def series(points: list[dict]) -> dict[str, list[dict]]:
+    """Unstructured points grouped per method (+ allocation), in the papers' method order."""
     grouped: dict[str, list[dict]] = {}
-    for p in points:
+    order = {method: k for k, method in enumerate(METHODS)}
+    for p in sorted(points, key=lambda p: (order.get(p["method"], 99), p.get("allocation", ""))):
         if p["method"] == "dense" or "pattern" in p:
             continue
         label = p["method"] + (" + OWL" if p.get("allocation") == "owl" else "")
@@ -83,44 +131,77 @@ def series(points: list[dict]) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda p: p["sparsity"]) for k, v in grouped.items()}
 
 
-def plot_metric(points: list[dict], value, ylabel: str, path: Path, log: bool) -> Path | None:
+def plot_metric(
+    points: list[dict], value, ylabel: str, path: Path, log: bool, error=None
+) -> Path | None:
+    """One line per method (and allocation) over sparsity; N:M patterns as marked points.
+
+    N:M points sit at their sparsity (N/M removed is 1 - N/M kept), nudged apart so
+    that methods do not hide each other; `error` gives error bars where a metric is noisy.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     dense = next((p for p in points if p["method"] == "dense"), None)
     grouped = series(points)
     if not grouped or all(value(p) is None for g in grouped.values() for p in g):
         return None
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
     markers = iter("osD^v<>")
     colors = {}
     for label, group in grouped.items():
-        xs = [p["sparsity"] for p in group if value(p) is not None]
-        ys = [value(p) for p in group if value(p) is not None]
+        shown = [p for p in group if value(p) is not None]
+        xs, ys = [p["sparsity"] for p in shown], [value(p) for p in shown]
         (line,) = axis.plot(xs, ys, marker=next(markers), label=label)
-        colors[label.split(" ")[0]] = line.get_color()
+        if error:
+            spread = [error(p) or 0 for p in shown]
+            pairs = list(zip(ys, spread, strict=True))
+            low, high = [y - e for y, e in pairs], [y + e for y, e in pairs]
+            axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
+        colors.setdefault(label.split(" ")[0], line.get_color())
+    methods = [m for m in METHODS if any(p["method"] == m and "pattern" in p for p in points)]
+    patterns = sorted({p["pattern"] for p in points if "pattern" in p})
     for p in points:
-        if "pattern" in p and value(p) is not None:
-            axis.scatter(
-                [0.5],
-                [value(p)],
-                marker="*",
-                s=140,
-                zorder=3,
-                color=colors.get(p["method"], "black"),
-                edgecolors="black",
-                label=f"{p['method']} {p['pattern']}",
-            )
+        if "pattern" not in p or value(p) is None:
+            continue
+        n, m = (int(part) for part in p["pattern"].split(":"))
+        nudge = 0.012 * (methods.index(p["method"]) - (len(methods) - 1) / 2)
+        axis.errorbar(
+            [1 - n / m + nudge],
+            [value(p)],
+            yerr=[error(p) or 0] if error else None,
+            marker=PATTERN_MARKERS.get(p["pattern"], "P"),
+            markersize=11,
+            markeredgecolor="black",
+            color=colors.get(p["method"], "black"),
+            capsize=3 if error else 0,
+            zorder=3,
+        )
+    handles, _ = axis.get_legend_handles_labels()
+    handles += [
+        Line2D(
+            [],
+            [],
+            marker=PATTERN_MARKERS.get(t, "P"),
+            markersize=10,
+            color="white",
+            markerfacecolor="lightgray",
+            markeredgecolor="black",
+            label=f"{t} (N:M)",
+        )
+        for t in patterns
+    ]
     if dense is not None and value(dense) is not None:
-        axis.axhline(value(dense), color="gray", linestyle="--", label="dense")
+        handles.append(axis.axhline(value(dense), color="gray", linestyle="--", label="dense"))
     if log:
         axis.set_yscale("log")
     axis.set_xlabel("sparsity of the pruned linear layers")
     axis.set_ylabel(ylabel)
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8, ncol=2)
+    axis.legend(handles=handles, fontsize=8, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -160,11 +241,40 @@ def sweep_figures(points: list[dict], out: Path) -> list[Path]:
             log=True,
         ),
         plot_metric(
-            points, zero_shot_acc, "zero-shot accuracy", out / "zeroshot_vs_sparsity.png", log=False
+            points,
+            zero_shot_acc,
+            "zero-shot accuracy (±1 standard error)",
+            out / "zeroshot_vs_sparsity.png",
+            log=False,
+            error=zero_shot_stderr,
         ),
         plot_owl(points, out / "owl_block_sparsity.png"),
     ]
     return [f for f in figures if f is not None]
+
+
+def sweep_setup(settings: dict, points: list[dict]) -> str:
+    """The sentence a reader needs to compare these numbers with anyone else's."""
+    source = settings.get("calib", "pydoc")
+    text = (
+        f"Calibration: {settings.get('nsamples')} windows of {settings.get('seqlen')} tokens "
+        f"from the {source} train split. Perplexity: "
+    )
+    tokens = next((p.get("eval_tokens") for p in points if p.get("eval_tokens")), None)
+    text += f"{tokens} tokens" if tokens else "the windows"
+    text += f" of the {source} eval split, windows of {settings.get('seqlen')} tokens."
+    tasks = settings.get("zero_shot_tasks")
+    if tasks:
+        counts = {
+            task: int(metrics.get("sample_len", 0))
+            for p in points
+            for task, metrics in (p.get("zero_shot") or {}).items()
+        }
+        text += " Zero-shot (lm-eval): " + ", ".join(
+            f"{task} ({counts.get(task, '?')} examples)" for task in tasks
+        )
+        text += "."
+    return text
 
 
 def render_report(directory: str | Path) -> Path:
@@ -175,10 +285,11 @@ def render_report(directory: str | Path) -> Path:
     directory = Path(directory)
     if (directory / SWEEP_FILE).is_file():
         points = load_points(directory)
-        table = write_tables(points, directory)
+        table, columns = write_tables(points, directory)
         figures = sweep_figures(points, directory)
-        model = json.loads((directory / SWEEP_FILE).read_text())["model"]
-        body = f"# Sweep of {model}\n\n" + markdown_table(table, COLUMNS)
+        settings = json.loads((directory / SWEEP_FILE).read_text())
+        body = f"# Sweep of {settings['model']}\n\n{sweep_setup(settings, points)}\n\n"
+        body += markdown_table(table, columns)
     elif (directory / LOG_FILE).is_file():
         log = read_log(directory)
         figures = [plot_run(log, directory / "perplexity_by_step.png")]

@@ -75,16 +75,30 @@ def plan_points(
     return points
 
 
-def check_results_dir(out: Path, model: str) -> None:
+def check_results_dir(out: Path, settings: dict) -> None:
+    """Refuse to mix points measured on another model or with other calibration/evaluation.
+
+    `settings` holds the model and everything that changes a point's numbers besides its
+    method and target; a directory keeps them in sweep.json so that points stay comparable.
+    """
     marker = out / SWEEP_FILE
     if marker.is_file():
-        made_for = json.loads(marker.read_text()).get("model")
-        if made_for != model:
-            raise LLMPruneError(f"{out} holds a sweep of {made_for}, not of {model}")
-    elif out.exists() and any(out.iterdir()):
+        recorded = json.loads(marker.read_text())
+        if recorded.get("model") != settings["model"]:
+            raise LLMPruneError(
+                f"{out} holds a sweep of {recorded.get('model')}, not of {settings['model']}"
+            )
+        for key, value in settings.items():
+            if recorded.get(key) != value:
+                raise LLMPruneError(
+                    f"{out} was swept with {key}={recorded.get(key)!r}, not {value!r}; "
+                    "use another --out"
+                )
+        return
+    if out.exists() and any(out.iterdir()):
         raise LLMPruneError(f"{out} is not empty and holds no sweep")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"model": model})
+    write_json(marker, settings)
 
 
 def run_sweep(
@@ -105,7 +119,16 @@ def run_sweep(
     """Prune and evaluate every point not already in `out`; return all points' results."""
     out = Path(out)
     points = plan_points(methods, sparsities, patterns, owl)
-    check_results_dir(out, str(model_source))
+    settings = {
+        "model": str(model_source),
+        "calib": calib,
+        "nsamples": nsamples,
+        "seqlen": seqlen,
+        "eval_windows": eval_windows,
+        "zero_shot_tasks": zero_shot_tasks or [],
+        "zero_shot_limit": zero_shot_limit,
+    }
+    check_results_dir(out, settings)
     dense = load_model(model_source)
     sampling = make_config(sparsity=0.5, calib=calib, nsamples=nsamples, seqlen=seqlen)
     windows = None

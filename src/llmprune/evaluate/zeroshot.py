@@ -10,6 +10,7 @@ through lm-eval's own TaskManager, so the same code path runs either way.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def zero_shot(
     with tempfile.TemporaryDirectory() as scratch:
         manager = task_manager(Path(workdir or scratch), data)
         check_tasks(tasks, manager)
+        # lm-eval warns that a model object (not a hub id) was passed: that is the intent.
+        logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
         wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         output = simple_evaluate(
             model=wrapped,
