@@ -174,6 +174,7 @@ def test_compare_a_model_with_itself(monkeypatch, capsys, tiny_model_dirs, tmp_p
         (["zeroshot", "{opt}", "--tasks", "no_such_task"], "unknown zero-shot task"),
         (["report", "{tmp}"], "neither a sweep nor a run"),
         (["sweep", "{opt}", "--sparsity", "0.5:1.5:0.5", "--out", "{tmp}/s"], "[0, 1)"),
+        (["sweep", "{opt}", "--recover", "gills", "--out", "{tmp}/s"], "unknown trainable part"),
         (["run", "{tmp}/missing.yaml"], "no such recipe"),
     ],
 )

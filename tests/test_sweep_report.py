@@ -14,6 +14,7 @@ from llmprune.evaluate.behaviour import (
     text_metrics,
 )
 from llmprune.evaluate.zeroshot import LASTWORD_TASK, lastword_examples, zero_shot
+from llmprune.finetune import make_finetune_config
 from llmprune.pruning import prune
 from llmprune.report import render_report, rows, table_columns, zero_shot_stderr
 from llmprune.sweep import parse_range, run_sweep
@@ -92,6 +93,46 @@ def test_sweep_bad_input(tmp_path, tiny_model_dirs):
             echo=lambda *_: None,
         )
     assert not (out / "points" / "wanda@0.5.json").exists()
+
+
+def test_sweep_with_recovery_keeps_masks_and_reports_both(tmp_path, tiny_model_dirs):
+    out = tmp_path / "sweep"
+    recovery = make_finetune_config(
+        trainable=["norms"], steps=3, batch_size=2, seqlen=32, learning_rate=5e-3
+    )
+    points = run_sweep(
+        str(tiny_model_dirs["llama"]),
+        out,
+        ["magnitude"],
+        [0.5],
+        [],
+        nsamples=2,
+        seqlen=32,
+        eval_windows=2,
+        recovery=recovery,
+        echo=lambda *_: None,
+    )
+    pruned = next(p for p in points if p["method"] == "magnitude")
+    recovered = pruned["recovered"]
+    assert recovered["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)
+    assert recovered["finetune"]["steps"] == 3
+    assert 0 < recovered["finetune"]["trainable_fraction"] < 0.01
+    assert recovered["perplexity"] != pruned["perplexity"]
+    assert "dense" not in [p["method"] for p in points if "recovered" in p]
+    render_report(out)
+    assert "ppl_recovered" in (out / "results.md").read_text()
+    with pytest.raises(LLMPruneError, match="swept with recovery="):
+        run_sweep(
+            str(tiny_model_dirs["llama"]),
+            out,
+            ["magnitude"],
+            [0.5],
+            [],
+            nsamples=2,
+            seqlen=32,
+            eval_windows=2,
+            echo=lambda *_: None,
+        )
 
 
 def test_report_columns_and_zero_shot_error_bars():

@@ -254,10 +254,27 @@ def sweep_command(
     eval_windows: Annotated[int | None, typer.Option(help="Max evaluation windows.")] = None,
     zero_shot: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks.")] = "",
     zero_shot_limit: Annotated[int | None, typer.Option(help="Examples per task.")] = None,
+    recover: Annotated[
+        str,
+        typer.Option(help="Also fine-tune each point, e.g. norms,biases,lora (PERP) or all."),
+    ] = "",
+    recover_steps: Annotated[int, typer.Option(help="Recovery steps per point.")] = 30,
+    recover_lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-4,
 ) -> None:
     """Prune and evaluate MODEL over methods x sparsities; tables, plots, report."""
+    from llmprune.finetune import make_finetune_config
     from llmprune.report import render_report
     from llmprune.sweep import parse_range, run_sweep
+
+    recovery = None
+    if recover:
+        recovery = make_finetune_config(
+            trainable=split_list(recover),
+            steps=recover_steps,
+            learning_rate=recover_lr,
+            data=calib,
+            seqlen=seqlen,
+        )
 
     points = run_sweep(
         model,
@@ -272,6 +289,7 @@ def sweep_command(
         eval_windows,
         split_list(zero_shot) or None,
         zero_shot_limit,
+        recovery,
         echo=console.print,
     )
     report = render_report(out)

@@ -25,6 +25,7 @@ COLUMNS = [
     "zero_shot_acc",
     "seconds",
 ]
+RECOVERED_COLUMNS = ["ppl_recovered", "zero_shot_acc_recovered"]
 PATTERN_MARKERS = {"2:4": "*", "4:8": "X"}
 
 
@@ -69,6 +70,7 @@ def rows(points: list[dict]) -> list[dict]:
             p.get("sparsity", 0.5),
         ),
     ):
+        recovered = p.get("recovered") or {}
         row = {
             "method": p["method"],
             "allocation": p.get("allocation", "uniform"),
@@ -78,6 +80,8 @@ def rows(points: list[dict]) -> list[dict]:
             "ppl_vs_dense": p["perplexity"] / dense if dense else None,
             "zero_shot_acc": zero_shot_acc(p),
             "seconds": p.get("seconds"),
+            "ppl_recovered": recovered.get("perplexity"),
+            "zero_shot_acc_recovered": zero_shot_acc(recovered) if recovered else None,
         }
         for task in tasks:
             row[task] = (p.get("zero_shot") or {}).get(task, {}).get("acc")
@@ -86,12 +90,18 @@ def rows(points: list[dict]) -> list[dict]:
 
 
 def table_columns(table: list[dict]) -> list[str]:
-    """COLUMNS, with one accuracy column per zero-shot task when there is more than one."""
-    tasks = [c for c in (table[0] if table else {}) if c not in COLUMNS]
-    if len(tasks) < 2:
-        return COLUMNS
-    at = COLUMNS.index("zero_shot_acc")
-    return COLUMNS[:at] + tasks + COLUMNS[at:]
+    """COLUMNS, plus per-task accuracy when there is more than one task, plus the numbers
+    after recovery when the sweep recovered its points."""
+    columns = list(COLUMNS)
+    known = set(COLUMNS) | set(RECOVERED_COLUMNS)
+    tasks = [c for c in (table[0] if table else {}) if c not in known]
+    if len(tasks) > 1:
+        at = columns.index("zero_shot_acc")
+        columns[at:at] = tasks
+    for column in RECOVERED_COLUMNS:
+        if any(row.get(column) is not None for row in table):
+            columns.insert(columns.index("seconds"), column)
+    return columns
 
 
 def markdown_table(table: list[dict], columns: list[str]) -> str:
@@ -131,57 +141,70 @@ def series(points: list[dict]) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda p: p["sparsity"]) for k, v in grouped.items()}
 
 
-def plot_metric(
-    points: list[dict], value, ylabel: str, path: Path, log: bool, error=None
-) -> Path | None:
-    """One line per method (and allocation) over sparsity; N:M patterns as marked points.
+def after_recovery(metric):
+    """The same metric read from a point's `recovered` record (None where there is none)."""
 
-    N:M points sit at their sparsity (N/M removed is 1 - N/M kept), nudged apart so
-    that methods do not hide each other; `error` gives error bars where a metric is noisy.
-    """
-    import matplotlib
+    def value(point: dict):
+        recovered = point.get("recovered")
+        return metric(recovered) if recovered else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
+    return value
 
-    dense = next((p for p in points if p["method"] == "dense"), None)
-    grouped = series(points)
-    if not grouped or all(value(p) is None for g in grouped.values() for p in g):
-        return None
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+
+def draw_lines(axis, grouped: dict, value, error, recovered: bool, colors: dict) -> None:
+    """One line per method over sparsity, with a ±error band; dashed after recovery."""
     markers = iter("osD^v<>")
-    colors = {}
     for label, group in grouped.items():
+        marker = next(markers)
         shown = [p for p in group if value(p) is not None]
+        if not shown:
+            continue
         xs, ys = [p["sparsity"] for p in shown], [value(p) for p in shown]
-        (line,) = axis.plot(xs, ys, marker=next(markers), label=label)
+        (line,) = axis.plot(
+            xs,
+            ys,
+            marker=marker,
+            linestyle="--" if recovered else "-",
+            markerfacecolor="white" if recovered else None,
+            color=colors.get(label),
+            label=f"{label} + recovery" if recovered else label,
+        )
+        colors.setdefault(label, line.get_color())
         if error:
             spread = [error(p) or 0 for p in shown]
             pairs = list(zip(ys, spread, strict=True))
             low, high = [y - e for y, e in pairs], [y + e for y, e in pairs]
             axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
-        colors.setdefault(label.split(" ")[0], line.get_color())
+
+
+def draw_patterns(axis, points: list[dict], value, error, recovered: bool, colors: dict) -> None:
+    """N:M points at their sparsity (1 - N/M), nudged apart per method so none hides."""
     methods = [m for m in METHODS if any(p["method"] == m and "pattern" in p for p in points)]
-    patterns = sorted({p["pattern"] for p in points if "pattern" in p})
     for p in points:
         if "pattern" not in p or value(p) is None:
             continue
         n, m = (int(part) for part in p["pattern"].split(":"))
         nudge = 0.012 * (methods.index(p["method"]) - (len(methods) - 1) / 2)
+        color = colors.get(p["method"], "black")
         axis.errorbar(
             [1 - n / m + nudge],
             [value(p)],
             yerr=[error(p) or 0] if error else None,
             marker=PATTERN_MARKERS.get(p["pattern"], "P"),
             markersize=11,
-            markeredgecolor="black",
-            color=colors.get(p["method"], "black"),
+            markeredgecolor=color if recovered else "black",
+            markerfacecolor="white" if recovered else color,
+            color=color,
             capsize=3 if error else 0,
             zorder=3,
         )
-    handles, _ = axis.get_legend_handles_labels()
-    handles += [
+
+
+def pattern_handles(points: list[dict]) -> list:
+    from matplotlib.lines import Line2D
+
+    patterns = sorted({p["pattern"] for p in points if "pattern" in p})
+    return [
         Line2D(
             [],
             [],
@@ -194,8 +217,38 @@ def plot_metric(
         )
         for t in patterns
     ]
+
+
+def plot_metric(
+    points: list[dict], value, ylabel: str, path: Path, log: bool, error=None
+) -> Path | None:
+    """The papers' figure: a metric against sparsity, one line per method (and allocation).
+
+    N:M patterns are marked points at their sparsity; points with a recovery record add
+    the same metric after recovery as dashed lines and hollow markers, in the same colour.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next((p for p in points if p["method"] == "dense"), None)
+    grouped = series(points)
+    if not grouped or all(value(p) is None for g in grouped.values() for p in g):
+        return None
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    colors: dict = {}
+    for recovered in (False, True):
+        metric = after_recovery(value) if recovered else value
+        spread = (after_recovery(error) if recovered else error) if error else None
+        draw_lines(axis, grouped, metric, spread, recovered, colors)
+        for label, color in list(colors.items()):
+            colors.setdefault(label.split(" ")[0], color)
+        draw_patterns(axis, points, metric, spread, recovered, colors)
+    handles, _ = axis.get_legend_handles_labels()
+    handles += pattern_handles(points)
     if dense is not None and value(dense) is not None:
-        handles.append(axis.axhline(value(dense), color="gray", linestyle="--", label="dense"))
+        handles.append(axis.axhline(value(dense), color="gray", linestyle=":", label="dense"))
     if log:
         axis.set_yscale("log")
     axis.set_xlabel("sparsity of the pruned linear layers")

@@ -3,8 +3,9 @@
 Each point (method, target) is pruned from the same dense weights with the same
 calibration windows (tokenized once; magnitude needs none — Wanda and SparseGPT collect
 their statistics again per point, since sequential calibration depends on the earlier
-pruned blocks), evaluated, and saved as its own JSON file: re-running skips finished
-points, and a results directory made for another model is refused.
+pruned blocks), evaluated, optionally recovered by fine-tuning and evaluated again, and
+saved as its own JSON file: re-running skips finished points, and a results directory
+made for another model or with other settings is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate.perplexity import evaluate_text
+from llmprune.evaluate.sparsity import sparsity_summary
+from llmprune.finetune.config import FinetuneConfig
+from llmprune.finetune.trainer import finetune, training_windows
 from llmprune.io import write_json
 from llmprune.models import load_model
 from llmprune.pruning import make_config, prune
@@ -90,9 +94,12 @@ def check_results_dir(out: Path, settings: dict) -> None:
             )
         for key, value in settings.items():
             if recorded.get(key) != value:
+                was, now = recorded.get(key), value
+                if isinstance(was, dict) or isinstance(now, dict):  # a recovery config
+                    was, now = ("on" if was else "off"), ("on" if now else "off")
+                    was, now = (was, "other settings") if was == now else (was, now)
                 raise LLMPruneError(
-                    f"{out} was swept with {key}={recorded.get(key)!r}, not {value!r}; "
-                    "use another --out"
+                    f"{out} was swept with {key}={was!r}, not {now!r}; use another --out"
                 )
         return
     if out.exists() and any(out.iterdir()):
@@ -114,9 +121,14 @@ def run_sweep(
     eval_windows: int | None = None,
     zero_shot_tasks: list[str] | None = None,
     zero_shot_limit: int | None = None,
+    recovery: FinetuneConfig | None = None,
     echo=print,
 ) -> list[dict]:
-    """Prune and evaluate every point not already in `out`; return all points' results."""
+    """Prune and evaluate every point not already in `out`; return all points' results.
+
+    With `recovery`, every pruned point is also fine-tuned that way (masks kept) and
+    measured again under `recovered`, as in PERP's before/after figures.
+    """
     out = Path(out)
     points = plan_points(methods, sparsities, patterns, owl)
     settings = {
@@ -127,11 +139,12 @@ def run_sweep(
         "eval_windows": eval_windows,
         "zero_shot_tasks": zero_shot_tasks or [],
         "zero_shot_limit": zero_shot_limit,
+        "recovery": recovery.model_dump() if recovery else None,
     }
     check_results_dir(out, settings)
     dense = load_model(model_source)
     sampling = make_config(sparsity=0.5, calib=calib, nsamples=nsamples, seqlen=seqlen)
-    windows = None
+    windows = train_windows = None
     todo = [{"method": "dense", "target": "0", "sparsity": 0.0}] + points
     for point in todo:
         name = point_name(point["method"], point["target"], point.get("allocation", "uniform"))
@@ -142,30 +155,62 @@ def run_sweep(
         start = time.perf_counter()
         loaded = copy.deepcopy(dense)
         record = {**point, "allocation": point.get("allocation", "uniform")}
-        if point["method"] != "dense":
-            if windows is None and point["method"] != "magnitude":
-                windows = calibration_data(dense.tokenizer, sampling, dense.context_length)
-            options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
-            config = make_config(
-                method=point["method"], calib=calib, nsamples=nsamples, seqlen=seqlen, **options
+        if point["method"] == "dense":
+            record.update(measure(loaded, settings))
+            record["seconds"] = time.perf_counter() - start
+            write_json(path, record)
+            continue
+        if windows is None and point["method"] != "magnitude":
+            windows = calibration_data(dense.tokenizer, sampling, dense.context_length)
+        options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
+        config = make_config(
+            method=point["method"], calib=calib, nsamples=nsamples, seqlen=seqlen, **options
+        )
+        result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
+        record.update(
+            sparsity_measured=result.masks.sparsity(),
+            layer_sparsity=result.masks.layer_sparsity(),
+            block_sparsity=result.block_sparsity,
+            **measure(loaded, settings),
+        )
+        if recovery is not None:
+            if train_windows is None:
+                train_windows = training_windows(dense.tokenizer, recovery)
+            loaded.model, summary = finetune(
+                loaded.model, loaded.tokenizer, recovery, result.masks, train_windows
             )
-            result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
-            record.update(
-                sparsity_measured=result.masks.sparsity(),
-                layer_sparsity=result.masks.layer_sparsity(),
-                block_sparsity=result.block_sparsity,
-            )
-        ppl = evaluate_text(loaded, calib, "eval", seqlen, eval_windows, progress=False)
-        record.update(perplexity=ppl.perplexity, eval_tokens=ppl.tokens)
-        if zero_shot_tasks:
-            from llmprune.evaluate.zeroshot import zero_shot
-
-            record["zero_shot"] = zero_shot(
-                loaded.model, loaded.tokenizer, zero_shot_tasks, zero_shot_limit, data=calib
-            )
+            record["recovered"] = {
+                **measure(loaded, settings),
+                "sparsity_measured": sparsity_summary(loaded.model)["prunable_sparsity"],
+                "finetune": summary,
+            }
         record["seconds"] = time.perf_counter() - start
         write_json(path, record)
     return load_points(out)
+
+
+def measure(loaded, settings: dict) -> dict:
+    """Perplexity on the eval split, and zero-shot accuracy when tasks were asked for."""
+    ppl = evaluate_text(
+        loaded,
+        settings["calib"],
+        "eval",
+        settings["seqlen"],
+        settings["eval_windows"],
+        progress=False,
+    )
+    numbers = {"perplexity": ppl.perplexity, "eval_tokens": ppl.tokens}
+    if settings["zero_shot_tasks"]:
+        from llmprune.evaluate.zeroshot import zero_shot
+
+        numbers["zero_shot"] = zero_shot(
+            loaded.model,
+            loaded.tokenizer,
+            settings["zero_shot_tasks"],
+            settings["zero_shot_limit"],
+            data=settings["calib"],
+        )
+    return numbers
 
 
 def load_points(out: Path) -> list[dict]:
