@@ -168,6 +168,32 @@ def test_compare_a_model_with_itself(monkeypatch, capsys, tiny_model_dirs, tmp_p
     assert "=== prompt 1" in (tmp_path / "cmp" / "side_by_side.txt").read_text()
 
 
+def test_compare_summaries_with_a_plugged_in_scorer(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    model = tiny_model_dirs["gpt2"]
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "compare",
+        model,
+        model,
+        "--out",
+        tmp_path / "cmp",
+        "--summarize",
+        "--faithfulness",
+        "tests.test_sweep_report:half_scorer",
+        "--count",
+        2,
+        "--max-new-tokens",
+        6,
+    )
+    assert code == 0, stdout
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert all(prompt.endswith("TL;DR:") for prompt in record["prompts"])
+    metrics = record["summary"][str(model)]
+    assert metrics["faithfulness"] == 0.5
+    assert metrics["hallucination_risk_ratio"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -175,6 +201,7 @@ def test_compare_a_model_with_itself(monkeypatch, capsys, tiny_model_dirs, tmp_p
         (["report", "{tmp}"], "neither a sweep nor a run"),
         (["sweep", "{opt}", "--sparsity", "0.5:1.5:0.5", "--out", "{tmp}/s"], "[0, 1)"),
         (["sweep", "{opt}", "--recover", "gills", "--out", "{tmp}/s"], "unknown trainable part"),
+        (["compare", "{opt}", "{opt}", "--summarize", "--faithfulness", "x"], "module:function"),
         (["run", "{tmp}/missing.yaml"], "no such recipe"),
     ],
 )

@@ -8,9 +8,13 @@ import torch
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate.behaviour import (
     distinct_n,
+    lexical_faithfulness,
+    load_scorer,
     repeated_ngram_rate,
+    risk_ratios,
     rouge_l,
     summarise,
+    supported_fraction,
     text_metrics,
 )
 from llmprune.evaluate.zeroshot import LASTWORD_TASK, lastword_examples, zero_shot
@@ -170,6 +174,29 @@ def test_compare_of_a_text_with_itself_is_perfect_agreement():
     summary = summarise(texts, texts)
     assert summary["rouge_l_vs_dense"] == pytest.approx(1.0)
     assert rouge_l("a b c d", "a b x d") == pytest.approx(0.75)
+
+
+def half_scorer(documents: list[str], summaries: list[str]) -> list[float]:
+    """A stand-in for a model-based faithfulness scorer, loaded as module:function."""
+    return [0.5 for _ in summaries]
+
+
+def test_faithfulness_lexical_count_plug_in_and_risk_ratio():
+    # bigrams of the summary: the-cat, cat-sat, sat-on (in the document), on-a, a-hat (not)
+    assert supported_fraction("The cat sat on the mat", "the cat sat on a hat") == 0.6
+    assert load_scorer("lexical") is lexical_faithfulness
+    assert load_scorer("tests.test_sweep_report:half_scorer") is half_scorer
+    for spec, message in [("nonsense", "module:function"), ("no_such_mod:f", "cannot load")]:
+        with pytest.raises(LLMPruneError, match=message):
+            load_scorer(spec)
+    with pytest.raises(LLMPruneError, match="one score in"):
+        summarise(["a b"], ["a b"], ["a b c"], scorer=lambda docs, texts: [2.0])
+    dense = summarise(["a b c", "x y"], ["a b c", "x y"], ["a b c d", "x z"])
+    assert dense["faithfulness"] == pytest.approx((1.0 + 0.0) / 2)
+    summary = {"dense": {"faithfulness": 0.8}, "pruned": {"faithfulness": 0.9}}
+    risk_ratios(summary, "dense")
+    assert summary["pruned"]["hallucination_risk_ratio"] == pytest.approx(0.5)
+    assert summary["dense"]["hallucination_risk_ratio"] == pytest.approx(1.0)
 
 
 def test_lastword_task_scores_dense_and_pruned_models_through_lm_eval(tiny_tokenizer):

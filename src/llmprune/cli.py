@@ -354,37 +354,65 @@ def compare_command(
     count: Annotated[int, typer.Option(help="Default prompts to use.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 64,
     data: DataOpt = "pydoc",
+    summarize: Annotated[
+        bool, typer.Option(help="Prompts are documents + 'TL;DR:'; score faithfulness.")
+    ] = False,
+    faithfulness: Annotated[
+        str, typer.Option(help="'lexical' or module:function(documents, summaries).")
+    ] = "lexical",
 ) -> None:
-    """Generate greedily from dense and pruned models; repetition, length, ROUGE-L."""
-    from llmprune.evaluate.behaviour import default_prompts, generate, side_by_side, summarise
-    from llmprune.io import write_json
+    """Generate greedily from dense and pruned models; repetition, length, ROUGE-L, and
+    with --summarize faithfulness to the document and the hallucination risk ratio."""
+    from llmprune.evaluate import behaviour
+    from llmprune.io import write_json, write_text
     from llmprune.models import load_model
 
-    if prompts is not None:
-        if not prompts.is_file():
-            raise LLMPruneError(f"no such prompt file: {prompts}")
-        texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
-    else:
-        texts = default_prompts(data, count)
+    scorer = behaviour.load_scorer(faithfulness) if summarize else None
+    texts = read_prompts(prompts) if prompts is not None else None
+    documents = None
+    if summarize:
+        documents, texts = (
+            (texts, [t + behaviour.SUMMARY_CUE for t in texts])
+            if texts is not None
+            else behaviour.summarization_prompts(data, count)
+        )
+    elif texts is None:
+        texts = behaviour.default_prompts(data, count)
     if not texts:
         raise LLMPruneError("no prompts to generate from")
     outputs = {}
     for source in [dense, *pruned]:
         loaded = load_model(source)
-        outputs[source] = generate(loaded.model, loaded.tokenizer, texts, max_new_tokens)
-    summary = {source: summarise(outputs[source], outputs[dense]) for source in outputs}
+        outputs[source] = behaviour.generate(loaded.model, loaded.tokenizer, texts, max_new_tokens)
+    summary = {
+        source: behaviour.summarise(outputs[source], outputs[dense], documents, scorer)
+        for source in outputs
+    }
+    columns = ["words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense"]
+    if summarize:
+        behaviour.risk_ratios(summary, dense)
+        columns += ["faithfulness", "hallucination_risk_ratio"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
-    (out / "side_by_side.txt").write_text(side_by_side(texts, outputs))
+    write_text(out / "side_by_side.txt", behaviour.side_by_side(texts, outputs))
     table = Table(title="behaviour of generations")
-    columns = ("words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense")
     table.add_column("model")
     for column in columns:
         table.add_column(column, justify="right")
     for source, metrics in summary.items():
-        table.add_row(source, *(f"{metrics[c]:.3f}" for c in columns))
+        table.add_row(source, *(number(metrics[c]) for c in columns))
     console.print(table)
     console.print(f"wrote {out / 'compare.json'} and {out / 'side_by_side.txt'}")
+
+
+def read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise LLMPruneError(f"no such prompt file: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -11,20 +11,24 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write `data` as indented JSON via a temporary file and an atomic rename."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` via a temporary file beside `path` and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as indented JSON, atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_directory(

@@ -8,11 +8,12 @@ accuracy against sparsity, and OWL's per-block sparsity.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from llmprune.errors import LLMPruneError
-from llmprune.io import write_json
+from llmprune.io import write_json, write_text
 from llmprune.pruning.config import METHODS
 
 COLUMNS = [
@@ -121,11 +122,12 @@ def write_tables(points: list[dict], out: Path) -> tuple[list[dict], list[str]]:
     table = rows(points)
     columns = table_columns(table)
     write_json(out / "results.json", table)
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
-    (out / "results.md").write_text(markdown_table(table, columns))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text(out / "results.csv", buffer.getvalue())
+    write_text(out / "results.md", markdown_table(table, columns))
     return table, columns
 
 
@@ -353,7 +355,7 @@ def render_report(directory: str | Path) -> Path:
         raise LLMPruneError(f"{directory} holds neither a sweep nor a run")
     body += "".join(f"\n![{f.stem}]({f.name})\n" for f in figures)
     path = directory / "report.md"
-    path.write_text(body)
+    write_text(path, body)
     return path
 
 

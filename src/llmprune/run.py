@@ -18,7 +18,7 @@ from pathlib import Path
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate.perplexity import evaluate_text
 from llmprune.export.checkpoint import load_masks, save_pruned
-from llmprune.io import write_directory, write_json
+from llmprune.io import write_directory, write_json, write_text
 from llmprune.models import LoadedModel, load_model
 from llmprune.pruning import ModelMasks, prune
 from llmprune.recipe import Recipe, Step, plan
@@ -194,9 +194,7 @@ def rebuild_log(root: Path, steps: list[Step], done: int) -> None:
         record = json.loads((stage_dir(root, index, steps[index]) / STAGE_FILE).read_text())
         lines.append(json.dumps(log_line(record), default=str))
     text = "".join(line + "\n" for line in lines)
-    tmp = root / f".{LOG_FILE}.tmp"
-    tmp.write_text(text)
-    tmp.replace(root / LOG_FILE)
+    write_text(root / LOG_FILE, text)
 
 
 def read_log(root: Path) -> list[dict]:

@@ -4,9 +4,20 @@ Pruned models hallucinate less but omit and repeat more (Chrysostomou et al. 202
 the lecture). `compare` generates greedily from a dense and a pruned model on the same
 prompts and reports, per model: repetition (distinct-n, repeated n-gram rate), length,
 and agreement with the dense text (ROUGE-L F1 from the `rouge-score` package).
+
+In summarization mode the prompts are documents from the evaluation text followed by
+"TL;DR:", and each summary is also scored for faithfulness to its document. The
+built-in scorer is lexical (the share of the summary's word bigrams found in the
+document); users with the Hub plug in a model-based one (SummaC, AlignScore, ...) as
+`module:function` taking (documents, summaries) and returning scores in [0, 1]. The
+hallucination risk ratio is (1 - faithfulness) of a model over that of the dense one:
+below 1, as in the lecture's table, means less risk than dense.
 """
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
 
 import torch
 
@@ -86,12 +97,79 @@ def default_prompts(data: str = "pydoc", count: int = 16) -> list[str]:
     return prompts
 
 
-def summarise(texts: list[str], references: list[str]) -> dict[str, float]:
-    """Mean of each metric over prompts, and ROUGE-L against the reference texts."""
+def summarise(
+    texts: list[str],
+    references: list[str],
+    documents: list[str] | None = None,
+    scorer: Callable[[list[str], list[str]], list[float]] | None = None,
+) -> dict[str, float]:
+    """Mean of each metric over prompts, ROUGE-L against the reference (dense) texts,
+    and, given the source documents, mean faithfulness of the texts to them."""
     per_text = [text_metrics(t) for t in texts]
     summary = {key: sum(m[key] for m in per_text) / len(per_text) for key in per_text[0]}
     summary["rouge_l_vs_dense"] = sum(map(rouge_l, references, texts)) / len(texts)
+    if documents is not None:
+        scores = list((scorer or lexical_faithfulness)(documents, texts))
+        if len(scores) != len(texts) or not all(0.0 <= float(x) <= 1.0 for x in scores):
+            raise LLMPruneError("a faithfulness scorer must return one score in [0, 1] per text")
+        summary["faithfulness"] = sum(map(float, scores)) / len(scores)
     return summary
+
+
+SUMMARY_CUE = "\n\nTL;DR:"
+
+
+def summarization_prompts(data: str = "pydoc", count: int = 16) -> tuple[list[str], list[str]]:
+    """Documents (whole prose paragraphs of the eval text) and their "TL;DR:" prompts."""
+    from llmprune.data import get_source
+
+    documents = []
+    for paragraph in get_source(data).text("eval").split("\n\n"):
+        text = " ".join(paragraph.split())
+        if 60 <= len(text.split()) <= 200 and text[:1].isalpha():
+            documents.append(text)
+        if len(documents) == count:
+            break
+    return documents, [document + SUMMARY_CUE for document in documents]
+
+
+def supported_fraction(document: str, summary: str, n: int = 2) -> float:
+    """Share of the summary's word n-grams that occur in the document (1.0 if it has none).
+
+    Lower means more content the document does not support: a lexical proxy for
+    hallucination that needs no model, blind to paraphrase.
+    """
+    grams = ngrams(summary.lower().split(), n)
+    if not grams:
+        return 1.0
+    source = set(ngrams(document.lower().split(), n))
+    return sum(gram in source for gram in grams) / len(grams)
+
+
+def lexical_faithfulness(documents: list[str], summaries: list[str]) -> list[float]:
+    return [supported_fraction(d, s) for d, s in zip(documents, summaries, strict=True)]
+
+
+def load_scorer(spec: str) -> Callable[[list[str], list[str]], list[float]]:
+    """`lexical`, or `module:function` importable here, taking (documents, summaries)."""
+    if spec == "lexical":
+        return lexical_faithfulness
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise LLMPruneError(f"faithfulness scorer must be 'lexical' or module:function: {spec!r}")
+    try:
+        scorer = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise LLMPruneError(f"cannot load faithfulness scorer {spec!r}: {exc}") from None
+    return scorer
+
+
+def risk_ratios(summary: dict[str, dict[str, float]], dense: str) -> None:
+    """Add each model's hallucination risk relative to the dense model, in place."""
+    dense_risk = 1.0 - summary[dense]["faithfulness"]
+    for metrics in summary.values():
+        risk = 1.0 - metrics["faithfulness"]
+        metrics["hallucination_risk_ratio"] = risk / dense_risk if dense_risk > 0 else None
 
 
 def side_by_side(prompts: list[str], columns: dict[str, list[str]]) -> str:
