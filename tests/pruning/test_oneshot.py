@@ -1,5 +1,7 @@
 """The block-by-block driver on tiny models of every family."""
 
+import types
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,11 +11,13 @@ from llmprune.errors import LLMPruneError
 from llmprune.evaluate import sparsity_summary
 from llmprune.export import load_masks, save_pruned
 from llmprune.models import find_layout, weight_matrix
+from llmprune.models.layout import ModelLayout
 from llmprune.pruning import ModelMasks, make_config, prune
 from llmprune.pruning.methods import METHODS
+from llmprune.pruning.sequential import capture_block_inputs, walk_blocks
 from llmprune.pruning.statistics import InputNorms
 from llmprune.pruning.targets import Sparsity
-from tests.conftest import FAMILIES, build_tiny
+from tests.conftest import FAMILIES, VOCAB, build_tiny
 
 
 def windows(count=8, seqlen=32, seed=0):
@@ -77,6 +81,88 @@ def test_sequential_calibration_equals_inputs_recomputed_from_the_pruned_model()
             weight_matrix(module).copy_(weight)
             agreement = (mask == result.masks[name]).float().mean()
             assert agreement > 0.999, (name, float(agreement))
+
+
+def sliding_window_models() -> dict:
+    """Models whose layers get different attention masks (full vs sliding window)."""
+    from transformers import Gemma2Config, Qwen2Config
+
+    small = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=6,
+    )
+    configs = {
+        "qwen2-sliding": Qwen2Config(use_sliding_window=True, max_window_layers=2, **small),
+        "gemma2": Gemma2Config(head_dim=8, **small),
+    }
+    torch.manual_seed(0)
+    return {k: AutoModelForCausalLM.from_config(c).eval() for k, c in configs.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["qwen2-sliding", "gemma2"])
+def test_every_block_sees_the_inputs_the_model_gives_it(family):
+    """The driver calls each block as the model's own forward does (sliding-window masks
+    included): unpruned, its inputs equal the model's hidden states block by block."""
+    model = build_tiny(family) if family in FAMILIES else sliding_window_models()[family]
+    calib = windows(4, 20)
+    layout = find_layout(model)
+    with torch.no_grad():
+        expected = model(input_ids=calib, output_hidden_states=True).hidden_states
+    seen = []
+    walk_blocks(
+        model,
+        layout,
+        calib,
+        lambda index, block, inputs: seen.append(torch.cat([i.hidden for i in inputs])),
+        batch_size=2,
+        progress=False,
+    )
+    assert len(seen) == layout.num_blocks
+    for index, hidden in enumerate(seen):
+        torch.testing.assert_close(hidden, expected[index], rtol=1e-4, atol=1e-4)
+
+
+class OutputObjectModel(torch.nn.Module):
+    """A model whose loop reads an attribute of each block's output: a pass-through
+    recorder cannot stand in for its blocks."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, hidden, scale=1.0):
+            return types.SimpleNamespace(hidden=self.proj(hidden) * scale)
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.layers = torch.nn.ModuleList([self.Block() for _ in range(3)])
+
+    def forward(self, input_ids, use_cache=False):
+        hidden = self.embed(input_ids)
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, scale=float(index + 1)).hidden
+        return hidden
+
+
+def test_block_arguments_fall_back_to_the_first_blocks_with_a_warning(caplog):
+    model = OutputObjectModel()
+    layout = ModelLayout(blocks_path="layers", blocks=model.layers)
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        inputs = capture_block_inputs(model, layout, windows(4, 6), 2, cpu, cpu)
+    assert [len(item.calls) for item in inputs] == [1, 1]
+    assert inputs[0].calls[0][1] == {"scale": 1.0}
+    assert "first block's arguments" in caplog.text
+    assert list(model.layers) == list(layout.blocks)  # the real blocks are back
+    assert all(isinstance(block, OutputObjectModel.Block) for block in model.layers)
 
 
 def test_existing_masks_nest_across_steps():

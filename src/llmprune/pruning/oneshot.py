@@ -101,6 +101,7 @@ def owl_sparsities(
         layers = block_layers(layout, index, chosen)
         stats = collect_statistics(
             block,
+            index,
             layers,
             lambda n, m: InputNorms(weight_matrix(m).shape[1], n, config.device),
             inputs,
@@ -195,6 +196,7 @@ def prune(
         if method.statistic is not Statistic:
             stats = collect_statistics(
                 block,
+                index,
                 layers,
                 lambda n, m: method.statistic(weight_matrix(m).shape[1], n, config.device),
                 inputs,

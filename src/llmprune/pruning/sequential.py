@@ -1,7 +1,9 @@
 """The sequential calibration driver: one decoder block on the compute device at a time.
 
-1. Run the calibration windows through the model until the first block, and keep what
-   that block receives (hidden states on the offload device, its other arguments).
+1. Run the calibration windows through the model with every block replaced by a recorder,
+   and keep what the first block receives (hidden states on the offload device) and the
+   other arguments of every block: models with sliding-window layers (Qwen2, Gemma2/3)
+   give those layers their own attention mask.
 2. For each block: move it to the device, hook its target linears, forward the batch to
    accumulate each layer's statistic, let the caller prune, forward again so the next
    block sees the outputs of the *pruned* block, and move the block back.
@@ -11,7 +13,7 @@ calibration length, never by the model's maximum context.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,18 +24,46 @@ from tqdm.auto import tqdm
 from llmprune.models.layout import ModelLayout
 from llmprune.pruning.statistics import Statistic
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class BlockInput:
-    """What a block is called with for one calibration batch."""
+    """One calibration batch: the hidden states entering the current block, and the other
+    arguments each block is called with (index i = block i)."""
 
     hidden: torch.Tensor
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
+    calls: list[tuple[tuple, dict]] = field(default_factory=list)
+
+    def run(self, block: nn.Module, index: int, device: torch.device):
+        args, kwargs = self.calls[index] if index < len(self.calls) else self.calls[0]
+        return block(self.hidden.to(device), *args, **kwargs)
 
 
 class _Captured(Exception):
     pass
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block during capture: records its call, passes the input on.
+
+    Attribute lookups fall through to the real block, since some model loops read
+    per-layer facts (attention type) from the block itself.
+    """
+
+    def __init__(self, block: nn.Module, record: Callable):
+        super().__init__()
+        object.__setattr__(self, "wrapped", block)  # not registered: no parameters here
+        object.__setattr__(self, "record", record)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "wrapped"), name)
+
+    def forward(self, *args, **kwargs):
+        return self.record(args, kwargs)
 
 
 def move_outside_blocks(model: nn.Module, layout: ModelLayout, device: torch.device) -> None:
@@ -59,31 +89,55 @@ def capture_block_inputs(
     device: torch.device,
     offload: torch.device,
 ) -> list[BlockInput]:
-    """Run each batch up to the first block and record the block's call arguments."""
-    first = layout.blocks[0]
+    """Run each batch through the model with recorders for blocks; no block computes.
+
+    If the model's own loop cannot run past a recorder (it unpacks a block's output in
+    a way a pass-through breaks), every block gets the first block's arguments instead.
+    """
     captured: list[BlockInput] = []
+    last = layout.num_blocks - 1
 
-    def grab(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append(BlockInput(hidden.to(offload), tuple(args[1:]), dict(kwargs)))
-        raise _Captured
+    def recorder(index: int) -> Callable:
+        def record(args: tuple, kwargs: dict):
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if index == 0:
+                captured.append(BlockInput(hidden.to(offload)))
+            captured[-1].calls.append((tuple(args[1:]), kwargs))
+            if index == last:
+                raise _Captured
+            return hidden
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+        return record
+
+    blocks = list(layout.blocks)
+    for index, block in enumerate(blocks):
+        layout.blocks[index] = _Recorder(block, recorder(index))
     try:
         for batch in torch.split(windows, batch_size):
-            with contextlib.suppress(_Captured):
+            before = len(captured)
+            try:
                 model(input_ids=batch.to(device), use_cache=False)
+            except _Captured:
+                pass
+            except Exception:  # the loop needs real block outputs: fall back to block 0's
+                if len(captured) == before:
+                    raise  # failed before the first block: a real error
+                if before == 0:
+                    logger.warning("every block is calibrated with the first block's arguments")
+                del captured[-1].calls[1:]
     finally:
-        handle.remove()
+        for index, block in enumerate(blocks):
+            layout.blocks[index] = block
     return captured
 
 
 @torch.no_grad()
-def advance(block: nn.Module, inputs: list[BlockInput], device: torch.device) -> None:
+def advance(block: nn.Module, index: int, inputs: list[BlockInput], device: torch.device) -> None:
     """Replace each batch's hidden states by the block's output, one batch at a time
     (never two copies of the whole calibration set)."""
     for item in inputs:
-        out = block(item.hidden.to(device), *item.args, **item.kwargs)
+        out = item.run(block, index, device)
         hidden = out[0] if isinstance(out, tuple) else out
         item.hidden = hidden.to(item.hidden.device)
 
@@ -91,6 +145,7 @@ def advance(block: nn.Module, inputs: list[BlockInput], device: torch.device) ->
 @torch.no_grad()
 def collect_statistics(
     block: nn.Module,
+    index: int,
     linears: dict[str, nn.Module],
     make_statistic: Callable[[str, nn.Module], Statistic],
     inputs: list[BlockInput],
@@ -121,9 +176,9 @@ def collect_statistics(
 
     handles = [module.register_forward_hook(hook_for(name)) for name, module in linears.items()]
     try:
-        for index, item in enumerate(inputs):
-            block(item.hidden.to(device), *item.args, **item.kwargs)
-            if index == 0:
+        for position, item in enumerate(inputs):
+            item.run(block, index, device)
+            if position == 0:
                 seen.clear()
     finally:
         for handle in handles:
@@ -184,5 +239,5 @@ def walk_blocks(
         block = residency.enter(index)
         visit(index, block, inputs)
         if inputs:
-            advance(block, inputs, device)
+            advance(block, index, inputs, device)
         residency.leave(index)
