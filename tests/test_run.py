@@ -50,7 +50,7 @@ def test_iterative_run_nests_masks_and_logs_every_step(tmp_path, tiny_model_dirs
     assert log[-1]["sparsity"] == pytest.approx(0.6, abs=1e-3)
     masks = [load_masks(tmp_path / "run" / f"stage-{i:02d}-prune") for i in (2, 4, 6)]
     for earlier, later in zip(masks, masks[1:], strict=False):
-        for name in later.masks:
+        for name in later:
             assert torch.all(later[name] <= earlier[name]), name
     final = load_masks(tmp_path / "run" / "stage-07-finetune")
     assert final.sparsity() == pytest.approx(0.6, abs=1e-3)

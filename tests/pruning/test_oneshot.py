@@ -44,7 +44,7 @@ def test_every_family_prunes_to_the_exact_sparsity(family, options):
     result.masks.check(model)
     fraction = 0.5 if "pattern" in options else options["sparsity"]
     layout = find_layout(model)
-    assert set(result.masks.masks) == set(layout.linears())
+    assert set(result.masks) == set(layout.linears())
     for name, module in layout.linears().items():
         zeros = int((weight_matrix(module) == 0).sum())
         assert abs(zeros - round(weight_matrix(module).numel() * fraction)) <= 1, name
@@ -177,7 +177,7 @@ def test_existing_masks_nest_across_steps():
         existing=first.masks,
         progress=False,
     )
-    for name, mask in second.masks.masks.items():
+    for name, mask in second.masks.items():
         assert torch.all(mask <= first.masks[name]), name
     assert abs(second.masks.sparsity() - 0.6) < 1e-3
     second.masks.check(model)
@@ -259,17 +259,26 @@ def test_saved_model_reloads_to_the_same_logits_and_masks(tmp_path, tiny_tokeniz
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
     masks = load_masks(out)
-    assert set(masks.masks) == set(result.masks.masks)
-    assert all(torch.equal(masks[n], result.masks[n]) for n in masks.masks)
+    assert set(masks) == set(result.masks)
+    assert all(torch.equal(masks[n], result.masks[n]) for n in masks)
     masks.check(reloaded)
     assert sparsity_summary(reloaded)["prunable_sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_mask_file_round_trip_and_corruption(tmp_path):
-    masks = ModelMasks({"a": torch.rand(5, 7) > 0.5, "b": torch.rand(3, 16) > 0.3})
+    a, b = torch.rand(5, 7) > 0.5, torch.rand(3, 16) > 0.3
+    masks = ModelMasks({"a": a, "b": b})
+    assert torch.equal(masks["a"], a) and torch.equal(masks["b"], b)
+    assert masks.packed["a"].numel() == 5  # held as bits: ceil(35 / 8) bytes
+    assert masks.layer_sparsity()["a"] == pytest.approx(float((~a).float().mean()))
+    assert masks.sparsity() == pytest.approx(int((~a).sum() + (~b).sum()) / (35 + 48))
     masks.save(tmp_path / "m.safetensors")
     loaded = ModelMasks.load(tmp_path / "m.safetensors")
     assert all(torch.equal(loaded[n], masks[n]) for n in ("a", "b"))
+    masks.shapes["a"] = (9, 9)  # 81 bits do not fit in 5 bytes
+    masks.save(tmp_path / "short.safetensors")
+    with pytest.raises(LLMPruneError, match="does not match its shape"):
+        ModelMasks.load(tmp_path / "short.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(LLMPruneError, match="corrupt mask file"):
         ModelMasks.load(tmp_path / "bad.safetensors")

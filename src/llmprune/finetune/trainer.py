@@ -27,14 +27,19 @@ class MaskKeeper(TrainerCallback):
 
     def __init__(self, masks: ModelMasks):
         self.masks = masks
+        self.unpacked: dict | None = None  # on the weights' devices, unpacked once
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:
-            self.masks.apply(model)
+            self.unpacked = self.masks.on_devices(model)
+            self.masks.apply(model, self.unpacked)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         if model is not None:
-            self.masks.apply(model)
+            self.masks.apply(model, self.unpacked)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.unpacked = None
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -94,7 +99,7 @@ def lora_targets(model: nn.Module, masks: ModelMasks, patterns: list[str]) -> li
             raise LLMPruneError(f"LoRA target {pattern!r} matches no linear layer of the model")
     if patterns:
         return [name for name in linears if matches(name, patterns)]
-    return list(masks.masks) if len(masks) else linears
+    return list(masks) if len(masks) else linears
 
 
 def finetune(

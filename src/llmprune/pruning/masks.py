@@ -1,13 +1,15 @@
 """The masks of a model as one object: apply, check, save, load.
 
 A mask is a bool tensor in the (out, in) orientation of `weight_matrix`, True = keep.
-Saved bit-packed in safetensors (one bit per weight), so masks of a 7B model cost
-under 1 GB and load without pickle.
+Masks are held bit-packed (one bit per weight, numpy's packbits order) and unpacked one
+layer at a time when used, so pruning a 7B model block by block keeps under 1 GB of
+masks rather than 7 GB; they are saved in the same packed form in safetensors.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,45 +21,78 @@ from llmprune.errors import LLMPruneError
 from llmprune.models.layout import weight_matrix
 
 MASKS_FILE = "masks.safetensors"
+ONES_IN_BYTE = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.detach().to("cpu", torch.bool).numpy().ravel()))
+
+
+def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    bits = np.unpackbits(packed.numpy(), count=int(np.prod(shape)))
+    return torch.from_numpy(bits).view(torch.bool).view(*shape)
 
 
 class ModelMasks:
     """Masks keyed by full module name of the linear layer they belong to."""
 
     def __init__(self, masks: dict[str, torch.Tensor] | None = None):
-        self.masks: dict[str, torch.Tensor] = {
-            name: mask.detach().to("cpu", torch.bool) for name, mask in (masks or {}).items()
-        }
+        self.packed: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for name, mask in (masks or {}).items():
+            self[name] = mask
 
     def __len__(self) -> int:
-        return len(self.masks)
+        return len(self.packed)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.masks
+        return name in self.packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.packed)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.masks[name]
+        return unpack(self.packed[name], self.shapes[name])
 
     def __setitem__(self, name: str, mask: torch.Tensor) -> None:
-        self.masks[name] = mask.detach().to("cpu", torch.bool)
+        self.packed[name] = pack(mask)
+        self.shapes[name] = tuple(mask.shape)
 
     def get(self, name: str) -> torch.Tensor | None:
-        return self.masks.get(name)
+        return self[name] if name in self.packed else None
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, bool mask) pairs, each unpacked only when reached."""
+        for name in self.packed:
+            yield name, self[name]
+
+    def kept(self, name: str) -> int:
+        return int(ONES_IN_BYTE[self.packed[name].long()].sum())  # padding bits are 0
+
+    def numel(self, name: str) -> int:
+        return int(np.prod(self.shapes[name]))
 
     def sparsity(self) -> float:
-        total = sum(mask.numel() for mask in self.masks.values())
-        pruned = sum(int((~mask).sum()) for mask in self.masks.values())
+        total = sum(self.numel(name) for name in self)
+        pruned = sum(self.numel(name) - self.kept(name) for name in self)
         return pruned / total if total else 0.0
 
     def layer_sparsity(self) -> dict[str, float]:
-        return {name: float((~mask).float().mean()) for name, mask in self.masks.items()}
+        return {name: 1.0 - self.kept(name) / self.numel(name) for name in self}
+
+    def on_devices(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every mask unpacked on its weight's device: for applying after every training
+        step without unpacking each time (one byte per weight, on the device)."""
+        modules = dict(model.named_modules())
+        return {name: mask.to(weight_matrix(modules[name]).device) for name, mask in self.items()}
 
     @torch.no_grad()
-    def apply(self, model: torch.nn.Module) -> None:
+    def apply(self, model: torch.nn.Module, unpacked: dict | None = None) -> None:
         """Zero every pruned weight in place (after an optimizer step, say)."""
         modules = dict(model.named_modules())
-        for name, mask in self.masks.items():
+        for name in self:
             matrix = weight_matrix(modules[name])
+            mask = unpacked[name] if unpacked is not None else self[name]
             matrix.mul_(mask.to(matrix.device, matrix.dtype))
 
     @torch.no_grad()
@@ -65,7 +100,7 @@ class ModelMasks:
         """Layers with pruned positions that are not exactly zero, and how many."""
         modules = dict(model.named_modules())
         bad = {}
-        for name, mask in self.masks.items():
+        for name, mask in self.items():
             if name not in modules:
                 bad[name] = -1
                 continue
@@ -83,11 +118,9 @@ class ModelMasks:
             raise LLMPruneError(f"{len(bad)} layers break their masks, e.g. {name} ({count})")
 
     def save(self, path: str | Path) -> None:
-        tensors, shapes = {}, {}
-        for name, mask in self.masks.items():
-            tensors[name] = torch.from_numpy(np.packbits(mask.numpy().ravel()))
-            shapes[name] = list(mask.shape)
-        save_file(tensors, str(path), metadata={"shapes": json.dumps(shapes), "format": "packbits"})
+        shapes = {name: list(shape) for name, shape in self.shapes.items()}
+        metadata = {"shapes": json.dumps(shapes), "format": "packbits"}
+        save_file(dict(self.packed), str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMasks:
@@ -102,12 +135,13 @@ class ModelMasks:
             packed = load_file(str(path))
         except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
             raise LLMPruneError(f"corrupt mask file {path}: {exc}") from None
-        masks = {}
+        masks = cls()
         for name, shape in shapes.items():
-            count = int(np.prod(shape))
-            bits = np.unpackbits(packed[name].numpy())[:count]
-            masks[name] = torch.from_numpy(bits.astype(bool)).view(*shape)
-        return cls(masks)
+            bits = packed.get(name)
+            if bits is None or bits.dtype != torch.uint8 or bits.numel() != -(-np.prod(shape) // 8):
+                raise LLMPruneError(f"corrupt mask file {path}: {name} does not match its shape")
+            masks.packed[name], masks.shapes[name] = bits, tuple(shape)
+        return masks
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, names: list[str]) -> ModelMasks:
