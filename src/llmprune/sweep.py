@@ -13,7 +13,11 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+import torch
 
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate.perplexity import evaluate_text
@@ -21,7 +25,7 @@ from llmprune.evaluate.sparsity import sparsity_summary
 from llmprune.finetune.config import FinetuneConfig
 from llmprune.finetune.trainer import finetune, training_windows
 from llmprune.io import write_json
-from llmprune.models import load_model
+from llmprune.models import LoadedModel, load_model
 from llmprune.pruning import make_config, prune
 from llmprune.pruning.oneshot import calibration_data
 
@@ -94,18 +98,22 @@ def check_results_dir(out: Path, settings: dict) -> None:
             )
         for key, value in settings.items():
             if recorded.get(key) != value:
-                was, now = recorded.get(key), value
-                if isinstance(was, dict) or isinstance(now, dict):  # a recovery config
-                    was, now = ("on" if was else "off"), ("on" if now else "off")
-                    was, now = (was, "other settings") if was == now else (was, now)
+                was, now = shown(recorded.get(key)), shown(value)
                 raise LLMPruneError(
-                    f"{out} was swept with {key}={was!r}, not {now!r}; use another --out"
+                    f"{out} was swept with {key}={was}, not {now}; use another --out"
                 )
         return
     if out.exists() and any(out.iterdir()):
         raise LLMPruneError(f"{out} is not empty and holds no sweep")
     out.mkdir(parents=True, exist_ok=True)
     write_json(marker, settings)
+
+
+def shown(setting) -> str:
+    """A setting for a one-line message: a recovery config is summarised, not dumped."""
+    if isinstance(setting, dict):
+        return f"{'+'.join(setting.get('trainable', []))} for {setting.get('steps')} steps"
+    return repr(setting)
 
 
 def run_sweep(
@@ -142,9 +150,7 @@ def run_sweep(
         "recovery": recovery.model_dump() if recovery else None,
     }
     check_results_dir(out, settings)
-    dense = load_model(model_source)
-    sampling = make_config(sparsity=0.5, calib=calib, nsamples=nsamples, seqlen=seqlen)
-    windows = train_windows = None
+    shared = SweepInputs(load_model(model_source), settings, recovery)
     todo = [{"method": "dense", "target": "0", "sparsity": 0.0}] + points
     for point in todo:
         name = point_name(point["method"], point["target"], point.get("allocation", "uniform"))
@@ -153,40 +159,66 @@ def run_sweep(
             continue
         echo(f"{point['method']} {point['target']} {point.get('allocation', '')}".rstrip())
         start = time.perf_counter()
-        loaded = copy.deepcopy(dense)
-        record = {**point, "allocation": point.get("allocation", "uniform")}
-        if point["method"] == "dense":
-            record.update(measure(loaded, settings))
-            record["seconds"] = time.perf_counter() - start
-            write_json(path, record)
-            continue
-        if windows is None and point["method"] != "magnitude":
-            windows = calibration_data(dense.tokenizer, sampling, dense.context_length)
-        options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
-        config = make_config(
-            method=point["method"], calib=calib, nsamples=nsamples, seqlen=seqlen, **options
-        )
-        result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
-        record.update(
-            sparsity_measured=result.masks.sparsity(),
-            layer_sparsity=result.masks.layer_sparsity(),
-            block_sparsity=result.block_sparsity,
-            **measure(loaded, settings),
-        )
-        if recovery is not None:
-            if train_windows is None:
-                train_windows = training_windows(dense.tokenizer, recovery)
-            loaded.model, summary = finetune(
-                loaded.model, loaded.tokenizer, recovery, result.masks, train_windows
-            )
-            record["recovered"] = {
-                **measure(loaded, settings),
-                "sparsity_measured": sparsity_summary(loaded.model)["prunable_sparsity"],
-                "finetune": summary,
-            }
+        record = sweep_point(point, shared)
         record["seconds"] = time.perf_counter() - start
         write_json(path, record)
     return load_points(out)
+
+
+@dataclass
+class SweepInputs:
+    """What every point starts from: the dense model, and windows made once when needed."""
+
+    dense: LoadedModel
+    settings: dict
+    recovery: FinetuneConfig | None
+
+    @cached_property
+    def calibration(self) -> torch.Tensor:
+        s = self.settings
+        sampling = make_config(
+            sparsity=0.5, calib=s["calib"], nsamples=s["nsamples"], seqlen=s["seqlen"]
+        )
+        return calibration_data(self.dense.tokenizer, sampling, self.dense.context_length)
+
+    @cached_property
+    def training(self) -> torch.Tensor:
+        return training_windows(self.dense.tokenizer, self.recovery)
+
+
+def sweep_point(point: dict, shared: SweepInputs) -> dict:
+    """Prune a copy of the dense model as `point` says, measure it, and recover it if asked."""
+    settings = shared.settings
+    loaded = copy.deepcopy(shared.dense)
+    record = {**point, "allocation": point.get("allocation", "uniform")}
+    if point["method"] == "dense":
+        return {**record, **measure(loaded, settings)}
+    options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
+    config = make_config(
+        method=point["method"],
+        calib=settings["calib"],
+        nsamples=settings["nsamples"],
+        seqlen=settings["seqlen"],
+        **options,
+    )
+    windows = shared.calibration if config.needs_calibration else None
+    result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
+    record.update(
+        sparsity_measured=result.masks.sparsity(),
+        layer_sparsity=result.masks.layer_sparsity(),
+        block_sparsity=result.block_sparsity,
+        **measure(loaded, settings),
+    )
+    if shared.recovery is not None:
+        loaded.model, summary = finetune(
+            loaded.model, loaded.tokenizer, shared.recovery, result.masks, shared.training
+        )
+        record["recovered"] = {
+            **measure(loaded, settings),
+            "sparsity_measured": sparsity_summary(loaded.model)["prunable_sparsity"],
+            "finetune": summary,
+        }
+    return record
 
 
 def measure(loaded, settings: dict) -> dict:
