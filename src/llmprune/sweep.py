@@ -1,11 +1,12 @@
 """Quality against sparsity, per method: the papers' figures for the user's own model.
 
 Each point (method, target) is pruned from the same dense weights with the same
-calibration windows (tokenized once; magnitude needs none — Wanda and SparseGPT collect
-their statistics again per point, since sequential calibration depends on the earlier
-pruned blocks), evaluated, optionally recovered by fine-tuning and evaluated again, and
-saved as its own JSON file: re-running skips finished points, and a results directory
-made for another model or with other settings is refused.
+calibration windows (tokenized once; magnitude needs none). What depends only on the
+dense model is computed once: OWL's outlier ratios. Wanda and SparseGPT statistics are
+collected again per point, since sequential calibration feeds each block the outputs of
+the blocks pruned before it, which differ per point. Each point is evaluated, optionally
+recovered by fine-tuning and evaluated again, and saved as its own JSON file: re-running
+skips finished points, and a directory made for another model or settings is refused.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class SweepInputs:
     dense: LoadedModel
     settings: dict
     recovery: FinetuneConfig | None
+    owl_ratios: list[float] | None = None  # OWL's dense pre-pass, shared by all OWL points
 
     @cached_property
     def calibration(self) -> torch.Tensor:
@@ -202,7 +204,15 @@ def sweep_point(point: dict, shared: SweepInputs) -> dict:
         **options,
     )
     windows = shared.calibration if config.needs_calibration else None
-    result = prune(loaded.model, loaded.tokenizer, config, windows, progress=False)
+    result = prune(
+        loaded.model,
+        loaded.tokenizer,
+        config,
+        windows,
+        progress=False,
+        owl_ratios=shared.owl_ratios,
+    )
+    shared.owl_ratios = shared.owl_ratios or result.owl_ratios or None
     record.update(
         sparsity_measured=result.masks.sparsity(),
         layer_sparsity=result.masks.layer_sparsity(),

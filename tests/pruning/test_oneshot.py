@@ -221,6 +221,17 @@ def test_owl_moves_sparsity_between_blocks_and_keeps_the_total():
     assert sum(result.block_sparsity) / 2 == pytest.approx(0.6, abs=1e-9)
     assert result.block_sparsity[0] != pytest.approx(result.block_sparsity[1])
     assert result.masks.sparsity() == pytest.approx(0.6, abs=1e-3)
+    # the dense pre-pass gives the same ratios to any method and sparsity: reusing them
+    # (as a sweep does) gives the same masks as computing them again
+    options = dict(method="sparsegpt", sparsity=0.5, allocation="owl", progress=False)
+    fresh = prune(build_tiny("llama"), calibration=windows(), **options)
+    assert fresh.owl_ratios == result.owl_ratios
+    reused = prune(
+        build_tiny("llama"), calibration=windows(), owl_ratios=result.owl_ratios, **options
+    )
+    assert all(torch.equal(reused.masks[n], fresh.masks[n]) for n in fresh.masks)
+    with pytest.raises(LLMPruneError, match="3 OWL ratios for 2 blocks"):
+        prune(build_tiny("llama"), calibration=windows(), owl_ratios=[0.1] * 3, **options)
 
 
 @pytest.mark.parametrize(

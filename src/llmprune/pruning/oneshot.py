@@ -35,6 +35,7 @@ class PruneResult:
     config: PruneConfig
     targets: dict[str, str]
     block_sparsity: list[float] = field(default_factory=list)
+    owl_ratios: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -45,6 +46,7 @@ class PruneResult:
             "layer_sparsity": self.masks.layer_sparsity(),
             "targets": self.targets,
             "block_sparsity": self.block_sparsity,
+            "owl_ratios": self.owl_ratios,
             "seconds": self.seconds,
         }
 
@@ -91,10 +93,14 @@ def layer_targets(
     return targets
 
 
-def owl_sparsities(
+def owl_outlier_ratios(
     model, layout, windows, config, chosen: set[str], progress: bool, residency=None
 ) -> list[float]:
-    """OWL's pre-pass over the dense model: outlier ratio of Wanda scores, per block."""
+    """OWL's pre-pass over the dense model: outlier ratio of Wanda scores, per block.
+
+    They depend on the dense model, the calibration windows and the threshold only, not
+    on the method or the sparsity: a sweep computes them once (`owl_ratios` of prune).
+    """
     ratios: list[float] = []
 
     def visit(index: int, block: nn.Module, inputs) -> None:
@@ -124,7 +130,7 @@ def owl_sparsities(
         progress,
         residency,
     )
-    return owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
+    return ratios
 
 
 def prune_layer(name, module, statistic, target, existing, config, method) -> torch.Tensor:
@@ -149,6 +155,7 @@ def prune(
     existing: ModelMasks | None = None,
     progress: bool = True,
     residency: Residency | None = None,
+    owl_ratios: list[float] | None = None,
     **options,
 ) -> PruneResult:
     """Prune `model` in place and return its masks.
@@ -158,6 +165,8 @@ def prune(
     `config.calib`. With `existing` masks, weights pruned earlier stay pruned and the
     new target counts them (iterative schedules). `residency` decides where blocks live
     between visits (default: in memory; `StreamedModel` streams them from disk).
+    `owl_ratios` from an earlier result on the same dense model and windows skip OWL's
+    pre-pass.
     """
     config = config or make_config(**options)
     start = time.perf_counter()
@@ -174,8 +183,9 @@ def prune(
         windows = (
             calibration if calibration is not None else calibration_data(tokenizer, config, context)
         )
-    block_sparsity = (
-        owl_sparsities(
+    ratios, block_sparsity = [], []
+    if config.allocation == "owl":
+        ratios = owl_ratios or owl_outlier_ratios(
             model,
             layout,
             windows,
@@ -184,9 +194,9 @@ def prune(
             progress,
             residency.read_only() if residency is not None else None,
         )
-        if config.allocation == "owl"
-        else []
-    )
+        if len(ratios) != layout.num_blocks:
+            raise LLMPruneError(f"{len(ratios)} OWL ratios for {layout.num_blocks} blocks")
+        block_sparsity = owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
     targets = layer_targets(layout, config, names, block_sparsity)
     masks = ModelMasks()
 
@@ -223,5 +233,6 @@ def prune(
         config=config,
         targets={name: str(target) for name, target in targets.items()},
         block_sparsity=block_sparsity,
+        owl_ratios=ratios,
         seconds=time.perf_counter() - start,
     )
