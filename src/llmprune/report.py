@@ -1,8 +1,9 @@
 """Tables and plots of a sweep or a run: JSON + CSV + Markdown, and PNG figures.
 
 The figures follow the papers: perplexity against sparsity per method on a log axis
-(dense as a dashed line, N:M patterns as separate markers at their sparsity), zero-shot
-accuracy against sparsity, and OWL's per-block sparsity.
+(dense as a dotted line, N:M patterns as separate markers at their sparsity, numbers
+after recovery dashed), zero-shot accuracy against sparsity with ±1 standard error, and
+OWL's per-block sparsity.
 """
 
 from __future__ import annotations
