@@ -61,11 +61,12 @@ def rows(points: list[dict]) -> list[dict]:
     """One row per point, dense first, then per method: unstructured by sparsity, N:M."""
     dense = next((p["perplexity"] for p in points if p["method"] == "dense"), None)
     tasks = task_names(points)
+    order = {method: k for k, method in enumerate(("dense", *METHODS))}
     table = []
     for p in sorted(
         points,
         key=lambda p: (
-            p["method"] != "dense",
+            order.get(p["method"], len(order)),
             p["method"],
             p.get("allocation", ""),
             "pattern" in p,
