@@ -137,7 +137,8 @@ def series(points: list[dict]) -> dict[str, list[dict]]:
     """Unstructured points grouped per method (+ allocation), in the papers' method order."""
     grouped: dict[str, list[dict]] = {}
     order = {method: k for k, method in enumerate(METHODS)}
-    for p in sorted(points, key=lambda p: (order.get(p["method"], 99), p.get("allocation", ""))):
+    uniform_first = lambda p: (order.get(p["method"], 99), p.get("allocation") == "owl")  # noqa: E731
+    for p in sorted(points, key=uniform_first):
         if p["method"] == "dense" or "pattern" in p:
             continue
         label = p["method"] + (" + OWL" if p.get("allocation") == "owl" else "")
@@ -164,16 +165,18 @@ def draw_lines(axis, grouped: dict, value, error, recovered: bool, colors: dict)
         if not shown:
             continue
         xs, ys = [p["sparsity"] for p in shown], [value(p) for p in shown]
+        method, owl = label.split(" ")[0], label.endswith("OWL")
         (line,) = axis.plot(
             xs,
             ys,
             marker=marker,
-            linestyle="--" if recovered else "-",
+            linestyle="--" if recovered else ("-." if owl else "-"),
             markerfacecolor="white" if recovered else None,
-            color=colors.get(label),
+            color=colors.get(label) or (colors.get(method) if owl else None),
             label=f"{label} + recovery" if recovered else label,
         )
         colors.setdefault(label, line.get_color())
+        colors.setdefault(method, line.get_color())
         if error:
             spread = [error(p) or 0 for p in shown]
             pairs = list(zip(ys, spread, strict=True))
@@ -246,8 +249,6 @@ def plot_metric(
         metric = after_recovery(value) if recovered else value
         spread = (after_recovery(error) if recovered else error) if error else None
         draw_lines(axis, grouped, metric, spread, recovered, colors)
-        for label, color in list(colors.items()):
-            colors.setdefault(label.split(" ")[0], color)
         draw_patterns(axis, points, metric, spread, recovered, colors)
     handles, _ = axis.get_legend_handles_labels()
     handles += pattern_handles(points)
@@ -274,14 +275,18 @@ def plot_owl(points: list[dict], path: Path) -> Path | None:
     owl = [p for p in points if p.get("allocation") == "owl" and p.get("block_sparsity")]
     if not owl:
         return None
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for p in owl:
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for p in sorted(owl, key=lambda p: (p["method"], p["sparsity"])):
         blocks = p["block_sparsity"]
-        axis.plot(range(len(blocks)), blocks, marker=".", label=f"{p['method']} {p['target']}")
+        (line,) = axis.plot(
+            range(len(blocks)), blocks, marker=".", label=f"{p['method']}, mean {p['target']}"
+        )
+        axis.axhline(p["sparsity"], color=line.get_color(), linestyle=":", linewidth=1)
     axis.set_xlabel("decoder block")
-    axis.set_ylabel("sparsity (OWL)")
+    axis.set_ylabel("sparsity of the block (OWL)")
+    axis.set_title("OWL: fewer weights pruned in blocks with more outliers", fontsize=10)
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
