@@ -192,6 +192,7 @@ def test_compare_summaries_with_a_plugged_in_scorer(monkeypatch, capsys, tiny_mo
     metrics = record["summary"][str(model)]
     assert metrics["faithfulness"] == 0.5
     assert metrics["hallucination_risk_ratio"] == pytest.approx(1.0)
+    assert "| model | words |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -202,6 +203,7 @@ def test_compare_summaries_with_a_plugged_in_scorer(monkeypatch, capsys, tiny_mo
         (["sweep", "{opt}", "--sparsity", "0.5:1.5:0.5", "--out", "{tmp}/s"], "[0, 1)"),
         (["sweep", "{opt}", "--recover", "gills", "--out", "{tmp}/s"], "unknown trainable part"),
         (["compare", "{opt}", "{opt}", "--summarize", "--faithfulness", "x"], "module:function"),
+        (["compare", "{opt}", "{opt}", "--chat", "--count", "1"], "no chat template"),
         (["run", "{tmp}/missing.yaml"], "no such recipe"),
     ],
 )

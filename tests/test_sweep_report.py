@@ -1,5 +1,6 @@
 """Sweeps, reports, zero-shot through lm-eval, and behaviour comparisons."""
 
+import copy
 import json
 
 import pytest
@@ -8,12 +9,14 @@ import torch
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate.behaviour import (
     distinct_n,
+    generate,
     lexical_faithfulness,
     load_scorer,
     repeated_ngram_rate,
     risk_ratios,
     rouge_l,
     summarise,
+    summary_prompt,
     supported_fraction,
     text_metrics,
 )
@@ -197,6 +200,17 @@ def test_faithfulness_lexical_count_plug_in_and_risk_ratio():
     risk_ratios(summary, "dense")
     assert summary["pruned"]["hallucination_risk_ratio"] == pytest.approx(0.5)
     assert summary["dense"]["hallucination_risk_ratio"] == pytest.approx(1.0)
+
+
+def test_chat_prompts_go_through_the_chat_template(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}[user] {{ m['content'] }}{% endfor %} [bot]"
+    model = build_tiny("llama")
+    chat = generate(model, tokenizer, ["the list type"], max_new_tokens=5, chat=True)
+    plain = generate(model, tokenizer, ["[user] the list type [bot]"], max_new_tokens=5)
+    assert chat == plain and len(chat[0].split()) > 0
+    assert summary_prompt("Doc.", chat=True).endswith("\n\nDoc.")
+    assert summary_prompt("Doc.").endswith("TL;DR:")
 
 
 def test_lastword_task_scores_dense_and_pruned_models_through_lm_eval(tiny_tokenizer):

@@ -360,22 +360,23 @@ def compare_command(
     faithfulness: Annotated[
         str, typer.Option(help="'lexical' or module:function(documents, summaries).")
     ] = "lexical",
+    chat: Annotated[
+        bool, typer.Option(help="Wrap prompts in the chat template (instruction-tuned models).")
+    ] = False,
 ) -> None:
     """Generate greedily from dense and pruned models; repetition, length, ROUGE-L, and
     with --summarize faithfulness to the document and the hallucination risk ratio."""
     from llmprune.evaluate import behaviour
     from llmprune.io import write_json, write_text
     from llmprune.models import load_model
+    from llmprune.report import markdown_table
 
     scorer = behaviour.load_scorer(faithfulness) if summarize else None
     texts = read_prompts(prompts) if prompts is not None else None
     documents = None
     if summarize:
-        documents, texts = (
-            (texts, [t + behaviour.SUMMARY_CUE for t in texts])
-            if texts is not None
-            else behaviour.summarization_prompts(data, count)
-        )
+        documents = texts or behaviour.summarization_documents(data, count)
+        texts = [behaviour.summary_prompt(document, chat) for document in documents]
     elif texts is None:
         texts = behaviour.default_prompts(data, count)
     if not texts:
@@ -383,7 +384,9 @@ def compare_command(
     outputs = {}
     for source in [dense, *pruned]:
         loaded = load_model(source)
-        outputs[source] = behaviour.generate(loaded.model, loaded.tokenizer, texts, max_new_tokens)
+        outputs[source] = behaviour.generate(
+            loaded.model, loaded.tokenizer, texts, max_new_tokens, chat
+        )
     summary = {
         source: behaviour.summarise(outputs[source], outputs[dense], documents, scorer)
         for source in outputs
@@ -395,6 +398,8 @@ def compare_command(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
     write_text(out / "side_by_side.txt", behaviour.side_by_side(texts, outputs))
+    rows = [{"model": source, **metrics} for source, metrics in summary.items()]
+    write_text(out / "compare.md", markdown_table(rows, ["model", *columns]))
     table = Table(title="behaviour of generations")
     table.add_column("model")
     for column in columns:
@@ -402,7 +407,7 @@ def compare_command(
     for source, metrics in summary.items():
         table.add_row(source, *(number(metrics[c]) for c in columns))
     console.print(table)
-    console.print(f"wrote {out / 'compare.json'} and {out / 'side_by_side.txt'}")
+    console.print(f"wrote compare.json, compare.md and side_by_side.txt in {out}")
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -66,12 +66,24 @@ def text_metrics(text: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
-    """Greedy continuations (fixed length unless the model ends the text)."""
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 64, chat: bool = False
+) -> list[str]:
+    """Greedy continuations (fixed length unless the model ends the text).
+
+    With `chat`, each prompt is a user turn in the tokenizer's chat template, which is
+    how instruction-tuned models are meant to be asked.
+    """
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise LLMPruneError("this tokenizer has no chat template; leave out --chat")
     device = next(model.parameters()).device
     outputs = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        if chat:
+            turn = [{"role": "user", "content": prompt}]
+            prompt = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat).input_ids
+        ids = ids.to(device)
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -117,10 +129,16 @@ def summarise(
 
 
 SUMMARY_CUE = "\n\nTL;DR:"
+SUMMARY_REQUEST = "Summarize this text in one sentence.\n\n"
 
 
-def summarization_prompts(data: str = "pydoc", count: int = 16) -> tuple[list[str], list[str]]:
-    """Documents (whole prose paragraphs of the eval text) and their "TL;DR:" prompts."""
+def summary_prompt(document: str, chat: bool = False) -> str:
+    """A chat request for instruction-tuned models, the "TL;DR:" cue for base models."""
+    return SUMMARY_REQUEST + document if chat else document + SUMMARY_CUE
+
+
+def summarization_documents(data: str = "pydoc", count: int = 16) -> list[str]:
+    """Whole prose paragraphs of the eval text, 60 to 200 words each."""
     from llmprune.data import get_source
 
     documents = []
@@ -130,7 +148,7 @@ def summarization_prompts(data: str = "pydoc", count: int = 16) -> tuple[list[st
             documents.append(text)
         if len(documents) == count:
             break
-    return documents, [document + SUMMARY_CUE for document in documents]
+    return documents
 
 
 def supported_fraction(document: str, summary: str, n: int = 2) -> float:
