@@ -169,7 +169,7 @@ def test_compare_a_model_with_itself(monkeypatch, capsys, tiny_model_dirs, tmp_p
 
 
 def test_compare_summaries_with_a_plugged_in_scorer(monkeypatch, capsys, tiny_model_dirs, tmp_path):
-    model = tiny_model_dirs["gpt2"]
+    model = tiny_model_dirs["llama"]
     code, stdout, _ = run_cli(
         monkeypatch,
         capsys,

@@ -193,13 +193,21 @@ def test_faithfulness_lexical_count_plug_in_and_risk_ratio():
         with pytest.raises(LLMPruneError, match=message):
             load_scorer(spec)
     with pytest.raises(LLMPruneError, match="one score in"):
-        summarise(["a b"], ["a b"], ["a b c"], scorer=lambda docs, texts: [2.0])
-    dense = summarise(["a b c", "x y"], ["a b c", "x y"], ["a b c d", "x z"])
+        summarise(["a b c"], ["a b c"], ["a b c"], scorer=lambda docs, texts: [2.0])
+    texts = ["a b c", "x y w", "z"]
+    dense = summarise(texts, texts, ["a b c d", "x z", "z"])
+    # "a b c": both bigrams in its document; "x y w": neither; "z": too short to score
     assert dense["faithfulness"] == pytest.approx((1.0 + 0.0) / 2)
+    assert dense["empty_rate"] == pytest.approx(1 / 3)
+    silent = summarise(["", "ok"], ["", "ok"], ["doc one", "doc two"])
+    assert silent["faithfulness"] is None and silent["empty_rate"] == 1.0
     summary = {"dense": {"faithfulness": 0.8}, "pruned": {"faithfulness": 0.9}}
     risk_ratios(summary, "dense")
     assert summary["pruned"]["hallucination_risk_ratio"] == pytest.approx(0.5)
     assert summary["dense"]["hallucination_risk_ratio"] == pytest.approx(1.0)
+    nothing = {"dense": {"faithfulness": 0.8}, "pruned": {"faithfulness": None}}
+    risk_ratios(nothing, "dense")
+    assert nothing["pruned"]["hallucination_risk_ratio"] is None
 
 
 def test_chat_prompts_go_through_the_chat_template(tiny_tokenizer):

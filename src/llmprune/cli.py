@@ -394,7 +394,7 @@ def compare_command(
     columns = ["words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense"]
     if summarize:
         behaviour.risk_ratios(summary, dense)
-        columns += ["faithfulness", "hallucination_risk_ratio"]
+        columns += ["empty_rate", "faithfulness", "hallucination_risk_ratio"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
     write_text(out / "side_by_side.txt", behaviour.side_by_side(texts, outputs))

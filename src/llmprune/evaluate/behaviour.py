@@ -116,16 +116,35 @@ def summarise(
     scorer: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> dict[str, float]:
     """Mean of each metric over prompts, ROUGE-L against the reference (dense) texts,
-    and, given the source documents, mean faithfulness of the texts to them."""
+    and, given the source documents, mean faithfulness of the texts to them.
+
+    A summary of fewer than MIN_SUMMARY_WORDS words says nothing that could be unfaithful:
+    it counts in `empty_rate` (an omission signal), not in `faithfulness`, which is None
+    when no summary is long enough to score.
+    """
     per_text = [text_metrics(t) for t in texts]
     summary = {key: sum(m[key] for m in per_text) / len(per_text) for key in per_text[0]}
     summary["rouge_l_vs_dense"] = sum(map(rouge_l, references, texts)) / len(texts)
     if documents is not None:
-        scores = list((scorer or lexical_faithfulness)(documents, texts))
-        if len(scores) != len(texts) or not all(0.0 <= float(x) <= 1.0 for x in scores):
-            raise LLMPruneError("a faithfulness scorer must return one score in [0, 1] per text")
-        summary["faithfulness"] = sum(map(float, scores)) / len(scores)
+        pairs = [(d, t) for d, t in zip(documents, texts, strict=True) if is_scorable(t)]
+        summary["empty_rate"] = 1.0 - len(pairs) / len(texts)
+        summary["faithfulness"] = None
+        if pairs:
+            docs, kept = [d for d, _ in pairs], [t for _, t in pairs]
+            scores = list((scorer or lexical_faithfulness)(docs, kept))
+            if len(scores) != len(kept) or not all(0.0 <= float(x) <= 1.0 for x in scores):
+                raise LLMPruneError(
+                    "a faithfulness scorer must return one score in [0, 1] per text"
+                )
+            summary["faithfulness"] = sum(map(float, scores)) / len(scores)
     return summary
+
+
+MIN_SUMMARY_WORDS = 3
+
+
+def is_scorable(text: str) -> bool:
+    return len(text.split()) >= MIN_SUMMARY_WORDS
 
 
 SUMMARY_CUE = "\n\nTL;DR:"
@@ -184,10 +203,12 @@ def load_scorer(spec: str) -> Callable[[list[str], list[str]], list[float]]:
 
 def risk_ratios(summary: dict[str, dict[str, float]], dense: str) -> None:
     """Add each model's hallucination risk relative to the dense model, in place."""
-    dense_risk = 1.0 - summary[dense]["faithfulness"]
+    dense_faithfulness = summary[dense]["faithfulness"]
     for metrics in summary.values():
-        risk = 1.0 - metrics["faithfulness"]
-        metrics["hallucination_risk_ratio"] = risk / dense_risk if dense_risk > 0 else None
+        ratio = None
+        if metrics["faithfulness"] is not None and dense_faithfulness not in (None, 1.0):
+            ratio = (1.0 - metrics["faithfulness"]) / (1.0 - dense_faithfulness)
+        metrics["hallucination_risk_ratio"] = ratio
 
 
 def side_by_side(prompts: list[str], columns: dict[str, list[str]]) -> str:
