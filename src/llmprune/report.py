@@ -16,6 +16,7 @@ from pathlib import Path
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_json, write_text
 from llmprune.pruning.config import METHODS
+from llmprune.pruning.targets import parse_pattern
 
 COLUMNS = [
     "method",
@@ -52,6 +53,32 @@ def zero_shot_stderr(point: dict) -> float | None:
     return variance**0.5 / len(tasks)
 
 
+def new_figure(size: tuple[float, float]):
+    """A figure and its axis on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_figure(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def method_rank(point: dict) -> tuple[int, bool]:
+    """Dense first, then the papers' method order; uniform before OWL allocation."""
+    order = ("dense", *METHODS)
+    rank = order.index(point["method"]) if point["method"] in order else len(order)
+    return rank, point.get("allocation") == "owl"
+
+
 def task_names(points: list[dict]) -> list[str]:
     names = {task for p in points for task in (p.get("zero_shot") or {})}
     return sorted(names)
@@ -61,12 +88,11 @@ def rows(points: list[dict]) -> list[dict]:
     """One row per point, dense first, then per method: unstructured by sparsity, N:M."""
     dense = next((p["perplexity"] for p in points if p["method"] == "dense"), None)
     tasks = task_names(points)
-    order = {method: k for k, method in enumerate(("dense", *METHODS))}
     table = []
     for p in sorted(
         points,
         key=lambda p: (
-            order.get(p["method"], len(order)),
+            method_rank(p)[0],
             p["method"],
             p.get("allocation", ""),
             "pattern" in p,
@@ -136,9 +162,7 @@ def write_tables(points: list[dict], out: Path) -> tuple[list[dict], list[str]]:
 def series(points: list[dict]) -> dict[str, list[dict]]:
     """Unstructured points grouped per method (+ allocation), in the papers' method order."""
     grouped: dict[str, list[dict]] = {}
-    order = {method: k for k, method in enumerate(METHODS)}
-    uniform_first = lambda p: (order.get(p["method"], 99), p.get("allocation") == "owl")  # noqa: E731
-    for p in sorted(points, key=uniform_first):
+    for p in sorted(points, key=method_rank):
         if p["method"] == "dense" or "pattern" in p:
             continue
         label = p["method"] + (" + OWL" if p.get("allocation") == "owl" else "")
@@ -190,11 +214,10 @@ def draw_patterns(axis, points: list[dict], value, error, recovered: bool, color
     for p in points:
         if "pattern" not in p or value(p) is None:
             continue
-        n, m = (int(part) for part in p["pattern"].split(":"))
         nudge = 0.012 * (methods.index(p["method"]) - (len(methods) - 1) / 2)
         color = colors.get(p["method"], "black")
         axis.errorbar(
-            [1 - n / m + nudge],
+            [parse_pattern(p["pattern"]).fraction + nudge],
             [value(p)],
             yerr=[error(p) or 0] if error else None,
             marker=PATTERN_MARKERS.get(p["pattern"], "P"),
@@ -234,16 +257,11 @@ def plot_metric(
     N:M patterns are marked points at their sparsity; points with a recovery record add
     the same metric after recovery as dashed lines and hollow markers, in the same colour.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dense = next((p for p in points if p["method"] == "dense"), None)
     grouped = series(points)
     if not grouped or all(value(p) is None for g in grouped.values() for p in g):
         return None
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    figure, axis = new_figure((7.5, 4.8))
     colors: dict = {}
     for recovered in (False, True):
         metric = after_recovery(value) if recovered else value
@@ -260,22 +278,14 @@ def plot_metric(
     axis.set_ylabel(ylabel)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(handles=handles, fontsize=8, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_owl(points: list[dict], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     owl = [p for p in points if p.get("allocation") == "owl" and p.get("block_sparsity")]
     if not owl:
         return None
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = new_figure((8, 4))
     for p in sorted(owl, key=lambda p: (p["method"], p["sparsity"])):
         blocks = p["block_sparsity"]
         (line,) = axis.plot(
@@ -287,10 +297,7 @@ def plot_owl(points: list[dict], path: Path) -> Path | None:
     axis.set_title("OWL: fewer weights pruned in blocks with more outliers", fontsize=10)
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def sweep_figures(points: list[dict], out: Path) -> list[Path]:
@@ -367,12 +374,7 @@ def render_report(directory: str | Path) -> Path:
 
 
 def plot_run(log: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = new_figure((7, 4))
     axis.plot([r["step"] for r in log], [r["perplexity"] for r in log], marker="o")
     axis.set_xticks(
         [r["step"] for r in log], [r["label"] for r in log], rotation=30, ha="right", fontsize=7
@@ -380,7 +382,4 @@ def plot_run(log: list[dict], path: Path) -> Path:
     axis.set_yscale("log")
     axis.set_ylabel("perplexity (log)")
     axis.grid(True, which="both", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -79,9 +79,13 @@ def plan_points(
                     }
                 )
     for point in points:
-        options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
-        make_config(method=point["method"], **options)  # refuse bad points before any work
+        make_config(method=point["method"], **target_options(point))  # refuse bad points early
     return points
+
+
+def target_options(point: dict) -> dict:
+    """The PruneConfig fields a point sets: its sparsity or pattern, and its allocation."""
+    return {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
 
 
 def check_results_dir(out: Path, settings: dict) -> None:
@@ -195,13 +199,12 @@ def sweep_point(point: dict, shared: SweepInputs) -> dict:
     record = {**point, "allocation": point.get("allocation", "uniform")}
     if point["method"] == "dense":
         return {**record, **measure(loaded, settings)}
-    options = {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
     config = make_config(
         method=point["method"],
         calib=settings["calib"],
         nsamples=settings["nsamples"],
         seqlen=settings["seqlen"],
-        **options,
+        **target_options(point),
     )
     windows = shared.calibration if config.needs_calibration else None
     result = prune(

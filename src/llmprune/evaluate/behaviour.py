@@ -17,7 +17,8 @@ below 1, as in the lecture's table, means less risk than dense.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import torch
 
@@ -95,18 +96,20 @@ def generate(
     return outputs
 
 
-def default_prompts(data: str = "pydoc", count: int = 16) -> list[str]:
-    """The opening sentence of the first prose paragraphs of the evaluation text."""
+def eval_paragraphs(data: str) -> Iterator[str]:
+    """Paragraphs of the evaluation text that start with a letter, whitespace collapsed."""
     from llmprune.data import get_source
 
-    prompts = []
     for paragraph in get_source(data).text("eval").split("\n\n"):
-        sentence = " ".join(paragraph.split()).split(". ")[0]
-        if 8 <= len(sentence.split()) <= 40 and sentence[:1].isalpha():
-            prompts.append(sentence + ".")
-        if len(prompts) == count:
-            break
-    return prompts
+        text = " ".join(paragraph.split())
+        if text[:1].isalpha():
+            yield text
+
+
+def default_prompts(data: str = "pydoc", count: int = 16) -> list[str]:
+    """The opening sentence of the first prose paragraphs of the evaluation text."""
+    sentences = (text.split(". ")[0] for text in eval_paragraphs(data))
+    return [s + "." for s in islice((s for s in sentences if 8 <= len(s.split()) <= 40), count)]
 
 
 def summarise(
@@ -158,16 +161,7 @@ def summary_prompt(document: str, chat: bool = False) -> str:
 
 def summarization_documents(data: str = "pydoc", count: int = 16) -> list[str]:
     """Whole prose paragraphs of the eval text, 60 to 200 words each."""
-    from llmprune.data import get_source
-
-    documents = []
-    for paragraph in get_source(data).text("eval").split("\n\n"):
-        text = " ".join(paragraph.split())
-        if 60 <= len(text.split()) <= 200 and text[:1].isalpha():
-            documents.append(text)
-        if len(documents) == count:
-            break
-    return documents
+    return list(islice((t for t in eval_paragraphs(data) if 60 <= len(t.split()) <= 200), count))
 
 
 def supported_fraction(document: str, summary: str, n: int = 2) -> float:
