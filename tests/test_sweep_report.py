@@ -28,6 +28,12 @@ from llmprune.sweep import parse_range, run_sweep
 from tests.conftest import build_tiny
 
 
+def quick_sweep(model_dir, out, method: str = "magnitude", **options) -> list[dict]:
+    """One point (method at 50 %) on a tiny model, with tiny calibration and evaluation."""
+    settings = dict(nsamples=2, seqlen=32, eval_windows=2, echo=lambda *_: None) | options
+    return run_sweep(str(model_dir), out, [method], [0.5], [], **settings)
+
+
 def test_sweep_writes_tables_and_plots_and_reruns_for_free(tmp_path, tiny_model_dirs):
     out = tmp_path / "sweep"
     said = []
@@ -74,31 +80,11 @@ def test_sweep_bad_input(tmp_path, tiny_model_dirs):
         parse_range("lots")
     assert parse_range("0.1:0.3:0.1") == [0.1, 0.2, 0.3]
     out = tmp_path / "sweep"
-    run_sweep(
-        str(tiny_model_dirs["gpt2"]),
-        out,
-        ["magnitude"],
-        [0.5],
-        [],
-        nsamples=2,
-        seqlen=32,
-        eval_windows=2,
-        echo=lambda *_: None,
-    )
+    quick_sweep(tiny_model_dirs["gpt2"], out)
     with pytest.raises(LLMPruneError, match="holds a sweep of"):
-        run_sweep(str(tiny_model_dirs["opt"]), out, ["magnitude"], [0.5], [], echo=lambda *_: None)
+        quick_sweep(tiny_model_dirs["opt"], out)
     with pytest.raises(LLMPruneError, match="swept with nsamples=2, not 8"):
-        run_sweep(
-            str(tiny_model_dirs["gpt2"]),
-            out,
-            ["wanda"],
-            [0.5],
-            [],
-            nsamples=8,
-            seqlen=32,
-            eval_windows=2,
-            echo=lambda *_: None,
-        )
+        quick_sweep(tiny_model_dirs["gpt2"], out, "wanda", nsamples=8)
     assert not (out / "points" / "wanda@0.5.json").exists()
 
 
@@ -107,18 +93,7 @@ def test_sweep_with_recovery_keeps_masks_and_reports_both(tmp_path, tiny_model_d
     recovery = make_finetune_config(
         trainable=["norms"], steps=3, batch_size=2, seqlen=32, learning_rate=5e-3
     )
-    points = run_sweep(
-        str(tiny_model_dirs["llama"]),
-        out,
-        ["magnitude"],
-        [0.5],
-        [],
-        nsamples=2,
-        seqlen=32,
-        eval_windows=2,
-        recovery=recovery,
-        echo=lambda *_: None,
-    )
+    points = quick_sweep(tiny_model_dirs["llama"], out, recovery=recovery)
     pruned = next(p for p in points if p["method"] == "magnitude")
     recovered = pruned["recovered"]
     assert recovered["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)
@@ -129,17 +104,7 @@ def test_sweep_with_recovery_keeps_masks_and_reports_both(tmp_path, tiny_model_d
     render_report(out)
     assert "ppl_recovered" in (out / "results.md").read_text()
     with pytest.raises(LLMPruneError, match="swept with recovery="):
-        run_sweep(
-            str(tiny_model_dirs["llama"]),
-            out,
-            ["magnitude"],
-            [0.5],
-            [],
-            nsamples=2,
-            seqlen=32,
-            eval_windows=2,
-            echo=lambda *_: None,
-        )
+        quick_sweep(tiny_model_dirs["llama"], out)
 
 
 def test_report_columns_and_zero_shot_error_bars():

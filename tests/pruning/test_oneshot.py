@@ -83,8 +83,8 @@ def test_sequential_calibration_equals_inputs_recomputed_from_the_pruned_model()
             assert agreement > 0.999, (name, float(agreement))
 
 
-def sliding_window_models() -> dict:
-    """Models whose layers get different attention masks (full vs sliding window)."""
+def sliding_window_model(name: str) -> torch.nn.Module:
+    """A model whose layers get different attention masks (full vs sliding window)."""
     from transformers import Gemma2Config, Qwen2Config
 
     small = dict(
@@ -102,14 +102,14 @@ def sliding_window_models() -> dict:
         "gemma2": Gemma2Config(head_dim=8, **small),
     }
     torch.manual_seed(0)
-    return {k: AutoModelForCausalLM.from_config(c).eval() for k, c in configs.items()}
+    return AutoModelForCausalLM.from_config(configs[name]).eval()
 
 
 @pytest.mark.parametrize("family", FAMILIES + ["qwen2-sliding", "gemma2"])
 def test_every_block_sees_the_inputs_the_model_gives_it(family):
     """The driver calls each block as the model's own forward does (sliding-window masks
     included): unpruned, its inputs equal the model's hidden states block by block."""
-    model = build_tiny(family) if family in FAMILIES else sliding_window_models()[family]
+    model = build_tiny(family) if family in FAMILIES else sliding_window_model(family)
     calib = windows(4, 20)
     layout = find_layout(model)
     with torch.no_grad():
