@@ -64,20 +64,20 @@ def test_resume_after_a_kill_matches_an_unbroken_run(tmp_path, tiny_model_dirs, 
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_dirs["gpt2"]))
     run_recipe(recipe, tmp_path / "whole", echo=lambda *_: None)
 
-    real_execute = run_module.execute
+    real_step = run_module.run_step
     calls = {"n": 0}
 
-    def dying_execute(step, loaded, masks):
+    def dying_step(index, step, state, ctx):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt  # killed during step 4
-        return real_execute(step, loaded, masks)
+        return real_step(index, step, state, ctx)
 
-    monkeypatch.setattr(run_module, "execute", dying_execute)
+    monkeypatch.setattr(run_module, "run_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, tmp_path / "broken", echo=lambda *_: None)
     assert len(read_log(tmp_path / "broken")) == 3
-    monkeypatch.setattr(run_module, "execute", real_execute)
+    monkeypatch.setattr(run_module, "run_step", real_step)
     with pytest.raises(LLMPruneError, match="--resume"):
         run_recipe(recipe, tmp_path / "broken", echo=lambda *_: None)
     log = run_recipe(recipe, tmp_path / "broken", resume=True, echo=lambda *_: None)

@@ -21,33 +21,33 @@ from llmprune.evaluate.behaviour import (
     text_metrics,
 )
 from llmprune.evaluate.zeroshot import LASTWORD_TASK, lastword_examples, zero_shot
-from llmprune.finetune import make_finetune_config
 from llmprune.pruning import prune
 from llmprune.report import render_report, rows, table_columns, zero_shot_stderr
-from llmprune.sweep import parse_range, run_sweep
+from llmprune.sweep import SweepConfig, parse_range, run_sweep
 from tests.conftest import build_tiny
 
 
 def quick_sweep(model_dir, out, method: str = "magnitude", **options) -> list[dict]:
     """One point (method at 50 %) on a tiny model, with tiny calibration and evaluation."""
-    settings = dict(nsamples=2, seqlen=32, eval_windows=2, echo=lambda *_: None) | options
-    return run_sweep(str(model_dir), out, [method], [0.5], [], **settings)
+    settings = dict(nsamples=2, seqlen=32, eval_windows=2, sparsity="0.5", pattern=[]) | options
+    config = SweepConfig(model=str(model_dir), methods=[method], **settings)
+    return run_sweep(config, out, echo=lambda *_: None)
 
 
 def test_sweep_writes_tables_and_plots_and_reruns_for_free(tmp_path, tiny_model_dirs):
     out = tmp_path / "sweep"
     said = []
-    options = dict(
+    config = SweepConfig(
+        model=str(tiny_model_dirs["llama"]),
         methods=["magnitude", "wanda"],
-        sparsities=[0.3, 0.6],
-        patterns=["2:4"],
+        sparsity="0.3,0.6",
+        pattern=["2:4"],
         owl=True,
         nsamples=4,
         seqlen=32,
         eval_windows=3,
-        echo=said.append,
     )
-    points = run_sweep(str(tiny_model_dirs["llama"]), out, **options)
+    points = run_sweep(config, out, echo=said.append)
     assert len(points) == 1 + 2 * 3 + 2  # dense, 2 methods x (2 + 2:4), wanda+OWL x 2
     render_report(out)
     for name in (
@@ -69,7 +69,7 @@ def test_sweep_writes_tables_and_plots_and_reruns_for_free(tmp_path, tiny_model_
     assert wanda_06[0]["sparsity"] == pytest.approx(0.6, abs=1e-3)
     assert "| wanda | owl | 0.6 |" in (out / "results.md").read_text()
     count = len(said)
-    run_sweep(str(tiny_model_dirs["llama"]), out, **options)
+    run_sweep(config, out, echo=said.append)
     assert len(said) == count  # nothing left to do
 
 
@@ -90,10 +90,8 @@ def test_sweep_bad_input(tmp_path, tiny_model_dirs):
 
 def test_sweep_with_recovery_keeps_masks_and_reports_both(tmp_path, tiny_model_dirs):
     out = tmp_path / "sweep"
-    recovery = make_finetune_config(
-        trainable=["norms"], steps=3, batch_size=2, seqlen=32, learning_rate=5e-3
-    )
-    points = quick_sweep(tiny_model_dirs["llama"], out, recovery=recovery)
+    options = dict(recover=["norms"], recover_steps=3, recover_lr=5e-3)
+    points = quick_sweep(tiny_model_dirs["llama"], out, **options)
     pruned = next(p for p in points if p["method"] == "magnitude")
     recovered = pruned["recovered"]
     assert recovered["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)

@@ -13,7 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llmprune.cli_options import config_options
+from llmprune.compare import CompareConfig
 from llmprune.errors import LLMPruneError
+from llmprune.pruning.config import PruneConfig
+from llmprune.sweep import SweepConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -41,9 +45,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "cpu",
-    json_path: Annotated[Path, typer.Option("--json", help="Where to write results.")] = Path(
-        "eval.json"
-    ),
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """Perplexity of MODEL on a text (WikiText-2 protocol) and its sparsity."""
     from llmprune.evaluate import sparsity_summary
@@ -76,8 +78,9 @@ def eval_command(
         f"{result.seconds:.1f}",
     )
     console.print(table)
-    write_json(json_path, record)
-    console.print(f"wrote {json_path}")
+    if json_path is not None:
+        write_json(json_path, record)
+        console.print(f"wrote {json_path}")
 
 
 @app.command("inspect")
@@ -108,93 +111,52 @@ def inspect_command(
         write_json(json_path, {"model": loaded.source, **summary})
 
 
-def parse_overrides(values: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in values:
-        pattern, sep, value = item.partition("=")
-        if not sep or not pattern or not value:
-            raise LLMPruneError(
-                f"--override must look like 'PATTERN=0.7' or 'PATTERN=2:4', got {item!r}"
-            )
-        overrides[pattern] = value
-    return overrides
-
-
 @app.command("prune")
+@config_options
 def prune_command(
+    config: PruneConfig,
     model: ModelArg = "smollm2",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("pruned"),
-    method: Annotated[str, typer.Option(help="magnitude | wanda | sparsegpt")] = "sparsegpt",
-    sparsity: Annotated[float | None, typer.Option(help="Unstructured fraction in [0, 1).")] = None,
-    pattern: Annotated[str | None, typer.Option(help="Semi-structured N:M, e.g. 2:4.")] = None,
-    allocation: Annotated[str, typer.Option(help="uniform | owl")] = "uniform",
-    targets: Annotated[list[str] | None, typer.Option("--targets", help="Glob of layers.")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Glob of layers.")] = None,
-    override: Annotated[
-        list[str] | None, typer.Option("--override", help="PATTERN=SPARSITY or PATTERN=N:M")
-    ] = None,
-    calib: Annotated[str, typer.Option(help="Calibration text source.")] = "pydoc",
-    nsamples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
-    seqlen: Annotated[int, typer.Option(help="Tokens per window.")] = 512,
-    seed: Annotated[int, typer.Option(help="Seed for calibration sampling.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Calibration windows per forward pass.")] = 2,
-    blocksize: Annotated[int, typer.Option(help="SparseGPT column block.")] = 128,
-    dampening: Annotated[float, typer.Option(help="SparseGPT dampening, x mean diag(H).")] = 0.01,
-    per_row: Annotated[bool, typer.Option(help="Magnitude: compare within rows.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Dense vs pruned ppl.")] = True,
     data: DataOpt = "pydoc",
     eval_windows: Annotated[int | None, typer.Option(help="Max evaluation windows.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    stream: Annotated[
+        bool, typer.Option(help="Stream a safetensors model block by block from disk.")
+    ] = True,
     dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
 ) -> None:
     """Prune MODEL one-shot and save a checkpoint that transformers loads."""
-    from llmprune.pipeline import prune_and_save
+    from llmprune.plans import prune_and_save, summary
 
-    config_values = dict(
-        method=method,
-        sparsity=sparsity,
-        pattern=pattern,
-        allocation=allocation,
-        targets=targets or [],
-        ignore=ignore or [],
-        overrides=parse_overrides(override or []),
-        calib=calib,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        seed=seed,
-        batch_size=batch_size,
-        blocksize=blocksize,
-        dampening=dampening,
-        per_row=per_row,
-        device=device,
-    )
-    record = prune_and_save(
+    records = prune_and_save(
         model,
         out,
-        config_values,
+        config,
         dtype=dtype,
         evaluate=evaluate,
         data=data,
         eval_windows=eval_windows,
         overwrite=overwrite,
+        stream=stream,
+        echo=console.print,
     )
-    table = Table(title=f"{record['label']} on {record['model']}")
+    result = summary(records)
+    table = Table(title=f"{result['label']} on {model}")
     for column in ("model", "perplexity", "sparsity", "seconds", "peak RSS MiB"):
         table.add_column(column, justify="right")
-    dense = record.get("dense_perplexity")
-    if dense is not None:
-        table.add_row("dense", f"{dense:.3f}", "0.00%", "", "")
-    pruned_ppl = record.get("perplexity")
+    if result["dense_perplexity"] is not None:
+        table.add_row("dense", f"{result['dense_perplexity']:.3f}", "0.00%", "", "")
+    pruned_ppl = result["perplexity"]
     table.add_row(
         "pruned",
         f"{pruned_ppl:.3f}" if pruned_ppl is not None else "-",
-        f"{record['sparsity']:.2%}",
-        f"{record['prune_seconds']:.1f}",
-        f"{record['peak_rss_mb']:.0f}",
+        f"{result['sparsity']:.2%}",
+        f"{result['prune_seconds']:.1f}",
+        f"{result['peak_rss_mb']:.0f}",
     )
     console.print(table)
-    console.print(f"saved {record['out']}")
+    console.print(f"saved {result['out']}" + (" (streamed)" if result["streamed"] else ""))
 
 
 @app.command("run")
@@ -234,64 +196,18 @@ def run_command(
     console.print(f"log {root / 'log.jsonl'}")
 
 
-def split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 @app.command("sweep")
+@config_options
 def sweep_command(
+    config: SweepConfig,
     model: ModelArg = "smollm2",
     out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("sweep"),
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = (
-        "magnitude,wanda,sparsegpt"
-    ),
-    sparsity: Annotated[str, typer.Option(help="START:STOP:STEP or a,b,c")] = "0.1:0.8:0.1",
-    pattern: Annotated[str, typer.Option(help="Comma-separated N:M patterns.")] = "2:4,4:8",
-    owl: Annotated[bool, typer.Option(help="Also OWL allocation for Wanda/SparseGPT.")] = False,
-    calib: Annotated[str, typer.Option(help="Text source (calibration + eval).")] = "pydoc",
-    nsamples: Annotated[int, typer.Option(help="Calibration windows.")] = 64,
-    seqlen: Annotated[int, typer.Option(help="Tokens per window.")] = 256,
-    eval_windows: Annotated[int | None, typer.Option(help="Max evaluation windows.")] = None,
-    zero_shot: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks.")] = "",
-    zero_shot_limit: Annotated[int | None, typer.Option(help="Examples per task.")] = None,
-    recover: Annotated[
-        str,
-        typer.Option(help="Also fine-tune each point, e.g. norms,biases,lora (PERP) or all."),
-    ] = "",
-    recover_steps: Annotated[int, typer.Option(help="Recovery steps per point.")] = 30,
-    recover_lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-4,
 ) -> None:
     """Prune and evaluate MODEL over methods x sparsities; tables, plots, report."""
-    from llmprune.finetune import make_finetune_config
     from llmprune.report import render_report
-    from llmprune.sweep import parse_range, run_sweep
+    from llmprune.sweep import run_sweep
 
-    recovery = None
-    if recover:
-        recovery = make_finetune_config(
-            trainable=split_list(recover),
-            steps=recover_steps,
-            learning_rate=recover_lr,
-            data=calib,
-            seqlen=seqlen,
-        )
-
-    points = run_sweep(
-        model,
-        out,
-        split_list(methods),
-        parse_range(sparsity),
-        split_list(pattern),
-        owl,
-        calib,
-        nsamples,
-        seqlen,
-        eval_windows,
-        split_list(zero_shot) or None,
-        zero_shot_limit,
-        recovery,
-        echo=console.print,
-    )
+    points = run_sweep(config, out, echo=console.print)
     report = render_report(out)
     console.print((out / "results.md").read_text())
     console.print(f"{len(points)} points; report {report}")
@@ -323,7 +239,7 @@ def zeroshot_command(
     from llmprune.io import write_json
     from llmprune.models import load_model
 
-    names = split_list(tasks)
+    names = [task.strip() for task in tasks.split(",") if task.strip()]
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -346,74 +262,26 @@ def zeroshot_command(
 
 
 @app.command("compare")
+@config_options
 def compare_command(
+    config: CompareConfig,
     dense: Annotated[str, typer.Argument(help="The reference (dense) model.")],
     pruned: Annotated[list[str], typer.Argument(help="One or more pruned models.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("compare"),
-    prompts: Annotated[Path | None, typer.Option(help="A text file, one prompt a line.")] = None,
-    count: Annotated[int, typer.Option(help="Default prompts to use.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt.")] = 64,
-    data: DataOpt = "pydoc",
-    summarize: Annotated[
-        bool, typer.Option(help="Prompts are documents + 'TL;DR:'; score faithfulness.")
-    ] = False,
-    faithfulness: Annotated[
-        str, typer.Option(help="'lexical' or module:function(documents, summaries).")
-    ] = "lexical",
-    chat: Annotated[
-        bool, typer.Option(help="Wrap prompts in the chat template (instruction-tuned models).")
-    ] = False,
 ) -> None:
     """Generate greedily from dense and pruned models; repetition, length, ROUGE-L, and
     with --summarize faithfulness to the document and the hallucination risk ratio."""
-    from llmprune.evaluate import behaviour
-    from llmprune.io import write_json, write_text
-    from llmprune.models import load_model
-    from llmprune.report import markdown_table
+    from llmprune.compare import run_compare
 
-    scorer = behaviour.load_scorer(faithfulness) if summarize else None
-    texts = read_prompts(prompts) if prompts is not None else None
-    documents = None
-    if summarize:
-        documents = texts or behaviour.summarization_documents(data, count)
-        texts = [behaviour.summary_prompt(document, chat) for document in documents]
-    elif texts is None:
-        texts = behaviour.default_prompts(data, count)
-    if not texts:
-        raise LLMPruneError("no prompts to generate from")
-    outputs = {}
-    for source in [dense, *pruned]:
-        loaded = load_model(source)
-        outputs[source] = behaviour.generate(
-            loaded.model, loaded.tokenizer, texts, max_new_tokens, chat
-        )
-    summary = {
-        source: behaviour.summarise(outputs[source], outputs[dense], documents, scorer)
-        for source in outputs
-    }
-    columns = ["words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense"]
-    if summarize:
-        behaviour.risk_ratios(summary, dense)
-        columns += ["empty_rate", "faithfulness", "hallucination_risk_ratio"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
-    write_text(out / "side_by_side.txt", behaviour.side_by_side(texts, outputs))
-    rows = [{"model": source, **metrics} for source, metrics in summary.items()]
-    write_text(out / "compare.md", markdown_table(rows, ["model", *columns]))
+    summary = run_compare(dense, pruned, out, config)
     table = Table(title="behaviour of generations")
     table.add_column("model")
-    for column in columns:
+    for column in config.columns:
         table.add_column(column, justify="right")
     for source, metrics in summary.items():
-        table.add_row(source, *(number(metrics[c]) for c in columns))
+        table.add_row(source, *(number(metrics[c]) for c in config.columns))
     console.print(table)
     console.print(f"wrote compare.json, compare.md and side_by_side.txt in {out}")
-
-
-def read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise LLMPruneError(f"no such prompt file: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def number(value: float | None) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_json, write_text
+from llmprune.pruning.amounts import parse_pattern
 from llmprune.pruning.config import METHODS
-from llmprune.pruning.targets import parse_pattern
 
 COLUMNS = [
     "method",

@@ -1,31 +1,78 @@
-"""Execute a recipe step by step in RUN_DIR, logging perplexity after every step.
+"""The stage executor: runs a plan of steps over one model state.
 
-    RUN_DIR/recipe.json              the validated recipe and its fingerprint
-    RUN_DIR/log.jsonl                one line per finished step
-    RUN_DIR/stage-03-finetune/       model + masks + stage.json, written atomically
+Two ways to run a plan:
+- `execute_plan`: steps share a scratch directory that disappears after the run; only
+  save stages leave files (`llmprune prune`, sweep points).
+- `run_recipe`: every step is written into RUN_DIR atomically, so a killed run resumes:
 
-A step's directory appears whole or not at all, so a run killed midway resumes
-(`resume=True`) from the last finished step, and refuses a RUN_DIR made by another recipe.
+      RUN_DIR/recipe.json              the validated recipe and its fingerprint
+      RUN_DIR/log.jsonl                one line per finished step
+      RUN_DIR/stage-03-finetune/       model + masks + stage.json (the step's record)
+
+Every step gives one record: {"step", "kind", "label", "seconds", "sparsity", what its
+stage reports (e.g. "perplexity", "prune": {...}), and "perplexity" after any step that
+changed the model when `eval.after_each` is on}. A checkpoint's `llmprune.json` is
+{"model": the input, "steps": [records]}.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from llmprune.errors import LLMPruneError
-from llmprune.evaluate.perplexity import evaluate_text
-from llmprune.export.checkpoint import load_masks, save_pruned
+from llmprune.export.checkpoint import RECORD_FILE, load_masks, write_checkpoint
 from llmprune.io import write_directory, write_json, write_text
-from llmprune.models import LoadedModel, load_model
-from llmprune.pruning import ModelMasks, prune
-from llmprune.recipe import Recipe, Step, plan
+from llmprune.pruning import ModelMasks
+from llmprune.recipe import Recipe, plan
+from llmprune.stages import ModelState, StageContext, Step
+from llmprune.stages.evaluate import measure
 
 STAGE_FILE = "stage.json"
 RECIPE_FILE = "recipe.json"
 LOG_FILE = "log.jsonl"
+
+
+def run_step(index: int, step: Step, state: ModelState, ctx: StageContext) -> dict:
+    """Execute one step on `state`; return its record."""
+    start = time.perf_counter()
+    report = step.spec.execute(step.config, state, ctx)
+    record = {"step": index + 1, "kind": step.kind, "label": step.label, **report}
+    if step.spec.changes_model and ctx.eval.after_each:
+        record.update(measure(state.load(), ctx.eval, ctx))
+    record["sparsity"] = state.masks.sparsity()
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def check_plan(steps: list[Step], state: ModelState) -> None:
+    """Cheap checks (output paths...) before any step runs, so bad input costs nothing."""
+    for step in steps:
+        if step.spec.check is not None:
+            step.spec.check(step.config, state)
+
+
+def execute_plan(
+    steps: list[Step], state: ModelState, ctx: StageContext, scratch_near: Path | None = None
+) -> list[dict]:
+    """Run `steps` in order; stage files live in a scratch directory (beside
+    `scratch_near` when given, so that a save stage can move files by renaming)."""
+    check_plan(steps, state)
+    parent = Path(scratch_near).resolve().parent if scratch_near is not None else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".llmprune-scratch-", dir=parent) as scratch:
+        ctx.scratch_root = Path(scratch)
+        for index, step in enumerate(steps):
+            ctx.echo(f"[{index + 1}/{len(steps)}] {step.label}")
+            ctx.log.append(run_step(index, step, state, ctx))
+            for out in ctx.outputs:  # saved checkpoints carry the whole run's record
+                write_json(out / RECORD_FILE, {"model": state.source, "steps": ctx.log})
+        ctx.scratch_root = None
+    return ctx.log
 
 
 def stage_dir(root: Path, index: int, step: Step) -> Path:
@@ -62,52 +109,28 @@ def finished_steps(root: Path, steps: list[Step]) -> int:
     return count
 
 
-def starting_state(root: Path, recipe: Recipe, steps: list[Step], done: int):
+def starting_state(root: Path, recipe: Recipe, steps: list[Step], done: int) -> ModelState:
     """The model and masks to continue from: the newest finished step that saved one."""
+    state = ModelState(source=recipe.model, dtype=recipe.dtype)
     for index in range(done - 1, -1, -1):
         directory = stage_dir(root, index, steps[index])
         if (directory / "config.json").is_file():
-            loaded = load_model(directory, recipe.dtype, "cpu")
-            return loaded, load_masks(directory) or ModelMasks()
-    return load_model(recipe.model, recipe.dtype, "cpu"), ModelMasks()
+            state.path, state.pristine = directory, False
+            state.masks = load_masks(directory) or ModelMasks()
+            break
+    return state
 
 
-def measure(loaded: LoadedModel, recipe: Recipe) -> float:
-    loaded.model.to(recipe.device)
-    result = evaluate_text(
-        loaded,
-        recipe.data,
-        "eval",
-        recipe.eval.seqlen,
-        recipe.eval.max_windows,
-        recipe.eval.batch_size,
-        progress=False,
-    )
-    loaded.model.to("cpu")
-    return result.perplexity
-
-
-def execute(step: Step, loaded: LoadedModel, masks: ModelMasks) -> tuple[ModelMasks, dict]:
-    """Run one step in place on `loaded`; return the masks after it and what it reports."""
-    from llmprune.finetune import finetune
-
-    if step.kind == "prune":
-        result = prune(loaded.model, loaded.tokenizer, step.prune, existing=masks)
-        return result.masks, {"sparsity": result.masks.sparsity(), "prune": result.to_dict()}
-    if step.kind == "finetune":
-        model, summary = finetune(loaded.model, loaded.tokenizer, step.finetune, masks)
-        loaded.model = model
-        return masks, {"sparsity": masks.sparsity(), "finetune": summary}
-    return masks, {"sparsity": masks.sparsity()}
-
-
-def drop_older_models(root: Path, steps: list[Step], upto: int) -> None:
+def drop_older_models(root: Path, steps: list[Step], upto: int, keep: Path | None) -> None:
     """keep_models: last — earlier steps keep their stage.json, not their weights."""
     for index in range(upto):
         directory = stage_dir(root, index, steps[index])
+        if keep is not None and directory.resolve() == keep.resolve():
+            continue
         for path in directory.glob("*.safetensors*"):
             path.unlink()
         (directory / "config.json").unlink(missing_ok=True)
+        shutil.rmtree(directory / "adapter", ignore_errors=True)
 
 
 def run_recipe(
@@ -116,6 +139,7 @@ def run_recipe(
     resume: bool = False,
     overwrite: bool = False,
     echo=print,
+    progress: bool = False,
 ) -> list[dict]:
     """Run (or resume) every step of `recipe` in `run_dir`; return the log records.
 
@@ -125,66 +149,84 @@ def run_recipe(
     """
     from accelerate import PartialState
 
-    state = PartialState(cpu=recipe.device == "cpu")
-    if not state.is_main_process:
+    process = PartialState(cpu=recipe.device == "cpu")
+    if not process.is_main_process:
         echo = silent
     steps = plan(recipe)
     root = Path(run_dir).resolve()
-    if state.is_main_process:
+    if process.is_main_process:
         prepare_run_dir(root, recipe, resume, overwrite)
-    state.wait_for_everyone()
+    process.wait_for_everyone()
     done = finished_steps(root, steps)
-    if state.is_main_process:
+    if process.is_main_process:
         rebuild_log(root, steps, done)
     if done:
         echo(f"resuming after step {done} of {len(steps)}")
-    loaded, masks = starting_state(root, recipe, steps, done)
+    state = starting_state(root, recipe, steps, done)
+    check_plan(steps[done:], state)
+    ctx = recipe.context(echo=echo, progress=progress)
+    ctx.log = read_log(root)
     for index in range(done, len(steps)):
         step = steps[index]
         echo(f"[{index + 1}/{len(steps)}] {step.label}")
-        start = time.perf_counter()
-        masks, report = execute(step, loaded, masks)
-        record = {
-            "step": index + 1,
-            "kind": step.kind,
-            "label": step.label,
-            **report,
-            "perplexity": measure(loaded, recipe),
-            "seconds": time.perf_counter() - start,
-        }
-        if state.is_main_process:
-            save_step(root, index, step, loaded, masks, record)
-            if recipe.keep_models == "last" and step.kind != "evaluate":
-                drop_older_models(root, steps, index)
-        state.wait_for_everyone()
-        echo(f"    perplexity {record['perplexity']:.3f}  sparsity {record['sparsity']:.2%}")
+        directory = stage_dir(root, index, step)
+        with tempfile.TemporaryDirectory(prefix=".stage-", dir=root) as scratch:
+            ctx.scratch_root = Path(scratch)
+            record = write_step(directory, index, step, state, ctx, process.is_main_process)
+        process.wait_for_everyone()
+        if state.path is not None and not state.path.exists():
+            state.path = directory  # the step's files moved into place
+        ctx.log.append(record)
+        if process.is_main_process:
+            with open(root / LOG_FILE, "a") as handle:
+                handle.write(json.dumps(log_line(record), default=str) + "\n")
+            if recipe.keep_models == "last" and step.spec.changes_model:
+                drop_older_models(root, steps, index, state.path)
+        echo(summary_line(record))
     return read_log(root)
+
+
+def write_step(
+    directory: Path, index: int, step: Step, state: ModelState, ctx: StageContext, main: bool
+) -> dict:
+    """Run a step inside its directory-to-be; the directory appears only when complete.
+
+    Processes other than the main one run the step in a private directory they drop.
+    """
+    record: dict = {}
+
+    def fill(tmp: Path) -> None:
+        ctx.workdir = tmp
+        try:
+            record.update(run_step(index, step, state, ctx))
+        finally:
+            ctx.workdir = None
+        if step.spec.changes_model and state.path != tmp:  # not already written (streamed)
+            write_checkpoint(tmp, state.load(), state.masks)
+            state.path = tmp
+        write_json(tmp / STAGE_FILE, record)
+
+    if main:
+        write_directory(directory, fill, overwrite=True)
+    else:
+        with tempfile.TemporaryDirectory(dir=ctx.scratch_root) as private:
+            fill(Path(private))
+    return record
+
+
+def summary_line(record: dict) -> str:
+    ppl = record.get("perplexity")
+    shown = f"perplexity {ppl:.3f}  " if ppl is not None else ""
+    return f"    {shown}sparsity {record['sparsity']:.2%}"
 
 
 def silent(*_args, **_kwargs) -> None:
     """What processes other than the main one print."""
 
 
-def save_step(root: Path, index: int, step: Step, loaded, masks, record: dict) -> None:
-    directory = stage_dir(root, index, step)
-    if step.kind == "evaluate":
-        write_directory(directory, lambda tmp: write_json(tmp / STAGE_FILE, record), True)
-    else:
-        save_pruned(
-            loaded.model,
-            loaded.tokenizer,
-            directory,
-            masks,
-            record,
-            overwrite=True,
-            extra_json={STAGE_FILE: record},
-        )
-    with open(root / LOG_FILE, "a") as handle:
-        handle.write(json.dumps(log_line(record), default=str) + "\n")
-
-
 def log_line(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("prune", "finetune")}
+    """A record without its stage's details, for log.jsonl."""
+    return {k: v for k, v in record.items() if not isinstance(v, dict) or k == "eval"}
 
 
 def rebuild_log(root: Path, steps: list[Step], done: int) -> None:
@@ -193,8 +235,7 @@ def rebuild_log(root: Path, steps: list[Step], done: int) -> None:
     for index in range(done):
         record = json.loads((stage_dir(root, index, steps[index]) / STAGE_FILE).read_text())
         lines.append(json.dumps(log_line(record), default=str))
-    text = "".join(line + "\n" for line in lines)
-    write_text(root / LOG_FILE, text)
+    write_text(root / LOG_FILE, "".join(line + "\n" for line in lines))
 
 
 def read_log(root: Path) -> list[dict]:

@@ -1,34 +1,32 @@
 """Quality against sparsity, per method: the papers' figures for the user's own model.
 
-Each point (method, target) is pruned from the same dense weights with the same
-calibration windows (tokenized once; magnitude needs none). What depends only on the
-dense model is computed once: OWL's outlier ratios. Wanda and SparseGPT statistics are
-collected again per point, since sequential calibration feeds each block the outputs of
-the blocks pruned before it, which differ per point. Each point is evaluated, optionally
-recovered by fine-tuning and evaluated again, and saved as its own JSON file: re-running
-skips finished points, and a directory made for another model or settings is refused.
+A sweep is a plan per point — [prune, evaluate] and, with recovery, [finetune, evaluate]
+— run by the same executor as `llmprune prune` and recipes, each point from a copy of
+the same dense model. What does not depend on the point is made once and shared: the
+calibration, evaluation and training windows, and OWL's dense pre-pass. (Wanda and
+SparseGPT statistics are collected per point: sequential calibration feeds each block
+the outputs of the blocks pruned before it, which differ per point.) Each point is
+saved as its own JSON file: re-running skips finished points, and a directory made for
+another model or other settings is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune.errors import LLMPruneError
-from llmprune.evaluate.perplexity import evaluate_text
-from llmprune.evaluate.sparsity import sparsity_summary
-from llmprune.finetune.config import FinetuneConfig
-from llmprune.finetune.trainer import finetune, training_windows
+from llmprune.finetune.config import FinetuneConfig, make_finetune_config
 from llmprune.io import write_json
 from llmprune.models import LoadedModel, load_model
-from llmprune.pruning import make_config, prune
-from llmprune.pruning.oneshot import calibration_data
+from llmprune.pruning.amounts import NM, parse_amount
+from llmprune.pruning.config import amount_options, checked, make_config
+from llmprune.run import execute_plan
+from llmprune.stages import EvalSettings, ModelState, StageContext, Step, make_steps
+from llmprune.stages.state import SharedInputs
 
 SWEEP_FILE = "sweep.json"
 
@@ -48,10 +46,117 @@ def parse_range(text: str) -> list[float]:
         raise LLMPruneError(
             f"sparsity range must look like 0.1:0.9:0.1 or 0.5,0.7: {text!r}"
         ) from None
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if bad or not values:
-        raise LLMPruneError(f"sweep sparsities must be in [0, 1), got {bad or text!r}")
-    return values
+    if not values:
+        raise LLMPruneError(f"no sparsity in {text!r}")
+    return [parse_amount(v).fraction for v in values]
+
+
+class SweepConfig(BaseModel):
+    """Which points to prune and how every point is calibrated, measured and recovered."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(default="smollm2", description="Hub id, directory, .gguf or smollm2.")
+    methods: list[str] = Field(
+        default=["magnitude", "wanda", "sparsegpt"], description="Methods to sweep."
+    )
+    sparsity: str = Field(default="0.1:0.8:0.1", description="START:STOP:STEP or a,b,c")
+    pattern: list[str] = Field(default=["2:4", "4:8"], description="N:M patterns.")
+    owl: bool = Field(default=False, description="Also OWL allocation for Wanda/SparseGPT.")
+    calib: str = Field(default="pydoc", description="Text source (calibration + eval).")
+    nsamples: int = Field(default=64, ge=1, description="Calibration windows.")
+    seqlen: int = Field(default=256, ge=2, description="Tokens per window.")
+    eval_windows: int | None = Field(default=None, ge=1, description="Max evaluation windows.")
+    zero_shot: list[str] = Field(default_factory=list, description="lm-eval tasks.")
+    zero_shot_limit: int | None = Field(default=None, ge=1, description="Examples per task.")
+    recover: list[str] = Field(
+        default_factory=list, description="Also fine-tune each point: norms,biases,lora or all."
+    )
+    recover_steps: int = Field(default=30, ge=1, description="Recovery steps per point.")
+    recover_lr: float = Field(default=5e-4, gt=0, description="Recovery learning rate.")
+
+    @field_validator("sparsity")
+    @classmethod
+    def valid_range(cls, value: str) -> str:
+        checked(parse_range, value)
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def valid_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not isinstance(checked(parse_amount, pattern), NM):
+                raise ValueError(f"N:M pattern must look like 2:4, got {pattern!r}")
+        return value
+
+    @property
+    def recovery(self) -> FinetuneConfig | None:
+        if not self.recover:
+            return None
+        return make_finetune_config(
+            trainable=self.recover,
+            steps=self.recover_steps,
+            learning_rate=self.recover_lr,
+            data=self.calib,
+            seqlen=self.seqlen,
+        )
+
+    def settings(self) -> dict:
+        """Everything besides a point's method and amount that changes its numbers."""
+        recovery = self.recovery
+        return {
+            "model": self.model,
+            "calib": self.calib,
+            "nsamples": self.nsamples,
+            "seqlen": self.seqlen,
+            "eval_windows": self.eval_windows,
+            "zero_shot_tasks": self.zero_shot,
+            "zero_shot_limit": self.zero_shot_limit,
+            "recovery": recovery.model_dump() if recovery else None,
+        }
+
+    def points(self) -> list[dict]:
+        """Every (method, amount, allocation) point, dense first; bad ones refused now."""
+        points = [{"method": "dense", "target": "0", "sparsity": 0.0}]
+        sparsities = parse_range(self.sparsity)
+        for method in self.methods:
+            points += [{"method": method, "target": f"{s:g}", "sparsity": s} for s in sparsities]
+            points += [{"method": method, "target": p, "pattern": p} for p in self.pattern]
+            if self.owl and method != "magnitude":
+                points += [
+                    {"method": method, "target": f"{s:g}", "sparsity": s, "allocation": "owl"}
+                    for s in sparsities
+                ]
+        for point in points[1:]:
+            self.prune_config(point)
+        return points
+
+    def prune_config(self, point: dict):
+        return make_config(
+            method=point["method"],
+            calib=self.calib,
+            nsamples=self.nsamples,
+            seqlen=self.seqlen,
+            allocation=point.get("allocation", "uniform"),
+            **amount_options(point.get("pattern") or point["sparsity"]),
+        )
+
+    def plan(self, point: dict) -> list[Step]:
+        steps = [] if point["method"] == "dense" else [Step("prune", self.prune_config(point))]
+        steps += make_steps("evaluate", {})
+        recovery = self.recovery
+        if recovery is not None and steps[0].kind == "prune":
+            steps += [Step("finetune", recovery)] + make_steps("evaluate", {})
+        return steps
+
+    def context(self, inputs: SharedInputs, echo) -> StageContext:
+        settings = EvalSettings(
+            seqlen=self.seqlen,
+            max_windows=self.eval_windows,
+            zero_shot=self.zero_shot,
+            zero_shot_limit=self.zero_shot_limit,
+            after_each=False,
+        )
+        return StageContext(data=self.calib, eval=settings, stream=False, inputs=inputs, echo=echo)
 
 
 def point_name(method: str, target: str, allocation: str = "uniform") -> str:
@@ -59,41 +164,10 @@ def point_name(method: str, target: str, allocation: str = "uniform") -> str:
     return f"{method}{owl}@{target}".replace(":", "of")
 
 
-def plan_points(
-    methods: list[str], sparsities: list[float], patterns: list[str], owl: bool = False
-) -> list[dict]:
-    points = []
-    for method in methods:
-        for sparsity in sparsities:
-            points.append({"method": method, "target": f"{sparsity:g}", "sparsity": sparsity})
-        for pattern in patterns:
-            points.append({"method": method, "target": pattern, "pattern": pattern})
-        if owl and method != "magnitude":
-            for sparsity in sparsities:
-                points.append(
-                    {
-                        "method": method,
-                        "target": f"{sparsity:g}",
-                        "sparsity": sparsity,
-                        "allocation": "owl",
-                    }
-                )
-    for point in points:
-        make_config(method=point["method"], **target_options(point))  # refuse bad points early
-    return points
-
-
-def target_options(point: dict) -> dict:
-    """The PruneConfig fields a point sets: its sparsity or pattern, and its allocation."""
-    return {k: point[k] for k in ("sparsity", "pattern", "allocation") if k in point}
-
-
-def check_results_dir(out: Path, settings: dict) -> None:
-    """Refuse to mix points measured on another model or with other calibration/evaluation.
-
-    `settings` holds the model and everything that changes a point's numbers besides its
-    method and target; a directory keeps them in sweep.json so that points stay comparable.
-    """
+def check_results_dir(out: Path, config: SweepConfig) -> None:
+    """Refuse to mix points measured on another model or with other calibration/evaluation:
+    a directory keeps its settings in sweep.json so that points stay comparable."""
+    settings = config.settings()
     marker = out / SWEEP_FILE
     if marker.is_file():
         recorded = json.loads(marker.read_text())
@@ -110,8 +184,7 @@ def check_results_dir(out: Path, settings: dict) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise LLMPruneError(f"{out} is not empty and holds no sweep")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, settings)
+    write_json(marker, {**settings, "config": config.model_dump()})
 
 
 def shown(setting) -> str:
@@ -121,141 +194,61 @@ def shown(setting) -> str:
     return repr(setting)
 
 
-def run_sweep(
-    model_source: str,
-    out: str | Path,
-    methods: list[str],
-    sparsities: list[float],
-    patterns: list[str],
-    owl: bool = False,
-    calib: str = "pydoc",
-    nsamples: int = 64,
-    seqlen: int = 256,
-    eval_windows: int | None = None,
-    zero_shot_tasks: list[str] | None = None,
-    zero_shot_limit: int | None = None,
-    recovery: FinetuneConfig | None = None,
-    echo=print,
-) -> list[dict]:
+def run_sweep(config: SweepConfig, out: str | Path, echo=print) -> list[dict]:
     """Prune and evaluate every point not already in `out`; return all points' results.
 
-    With `recovery`, every pruned point is also fine-tuned that way (masks kept) and
-    measured again under `recovered`, as in PERP's before/after figures.
+    With recovery, every pruned point is also fine-tuned (masks kept) and measured again
+    under `recovered`, as in PERP's before/after figures.
     """
     out = Path(out)
-    points = plan_points(methods, sparsities, patterns, owl)
-    settings = {
-        "model": str(model_source),
-        "calib": calib,
-        "nsamples": nsamples,
-        "seqlen": seqlen,
-        "eval_windows": eval_windows,
-        "zero_shot_tasks": zero_shot_tasks or [],
-        "zero_shot_limit": zero_shot_limit,
-        "recovery": recovery.model_dump() if recovery else None,
-    }
-    check_results_dir(out, settings)
-    shared = SweepInputs(load_model(model_source), settings, recovery)
-    todo = [{"method": "dense", "target": "0", "sparsity": 0.0}] + points
-    for point in todo:
+    points = config.points()
+    check_results_dir(out, config)
+    dense = load_model(config.model)
+    inputs = SharedInputs()
+    for point in points:
         name = point_name(point["method"], point["target"], point.get("allocation", "uniform"))
         path = out / "points" / f"{name}.json"
         if path.is_file():
             continue
         echo(f"{point['method']} {point['target']} {point.get('allocation', '')}".rstrip())
-        start = time.perf_counter()
-        record = sweep_point(point, shared)
-        record["seconds"] = time.perf_counter() - start
-        write_json(path, record)
+        state = ModelState(
+            source=config.model,
+            loaded=LoadedModel(copy.deepcopy(dense.model), dense.tokenizer, dense.source),
+        )
+        records = execute_plan(config.plan(point), state, config.context(inputs, silent))
+        write_json(path, point_record(point, records))
     return load_points(out)
 
 
-@dataclass
-class SweepInputs:
-    """What every point starts from: the dense model, and windows made once when needed."""
+def silent(*_args, **_kwargs) -> None:
+    """Sweep points print one line each, not one per step."""
 
-    dense: LoadedModel
-    settings: dict
-    recovery: FinetuneConfig | None
-    owl_ratios: list[float] | None = None  # OWL's dense pre-pass, shared by all OWL points
 
-    @cached_property
-    def calibration(self) -> torch.Tensor:
-        s = self.settings
-        sampling = make_config(
-            sparsity=0.5, calib=s["calib"], nsamples=s["nsamples"], seqlen=s["seqlen"]
+def point_record(point: dict, records: list[dict]) -> dict:
+    """One point's results in the shape reports read (measured before/after recovery)."""
+    measured = [r for r in records if r["kind"] == "evaluate"]
+    record = {**point, "allocation": point.get("allocation", "uniform"), **numbers(measured[0])}
+    pruned = next((r for r in records if r["kind"] == "prune"), None)
+    if pruned is not None:
+        record.update(
+            sparsity_measured=pruned["sparsity"],
+            layer_sparsity=pruned["prune"]["layer_sparsity"],
+            block_sparsity=pruned["prune"]["block_sparsity"],
         )
-        return calibration_data(self.dense.tokenizer, sampling, self.dense.context_length)
-
-    @cached_property
-    def training(self) -> torch.Tensor:
-        return training_windows(self.dense.tokenizer, self.recovery)
-
-
-def sweep_point(point: dict, shared: SweepInputs) -> dict:
-    """Prune a copy of the dense model as `point` says, measure it, and recover it if asked."""
-    settings = shared.settings
-    loaded = copy.deepcopy(shared.dense)
-    record = {**point, "allocation": point.get("allocation", "uniform")}
-    if point["method"] == "dense":
-        return {**record, **measure(loaded, settings)}
-    config = make_config(
-        method=point["method"],
-        calib=settings["calib"],
-        nsamples=settings["nsamples"],
-        seqlen=settings["seqlen"],
-        **target_options(point),
-    )
-    windows = shared.calibration if config.needs_calibration else None
-    result = prune(
-        loaded.model,
-        loaded.tokenizer,
-        config,
-        windows,
-        progress=False,
-        owl_ratios=shared.owl_ratios,
-    )
-    shared.owl_ratios = shared.owl_ratios or result.owl_ratios or None
-    record.update(
-        sparsity_measured=result.masks.sparsity(),
-        layer_sparsity=result.masks.layer_sparsity(),
-        block_sparsity=result.block_sparsity,
-        **measure(loaded, settings),
-    )
-    if shared.recovery is not None:
-        loaded.model, summary = finetune(
-            loaded.model, loaded.tokenizer, shared.recovery, result.masks, shared.training
-        )
+    tuned = next((r for r in records if r["kind"] == "finetune"), None)
+    if tuned is not None:
         record["recovered"] = {
-            **measure(loaded, settings),
-            "sparsity_measured": sparsity_summary(loaded.model)["prunable_sparsity"],
-            "finetune": summary,
+            **numbers(measured[1]),
+            "sparsity_measured": measured[1]["sparsity"],
+            "finetune": tuned["finetune"],
         }
+    record["seconds"] = sum(r["seconds"] for r in records)
     return record
 
 
-def measure(loaded, settings: dict) -> dict:
-    """Perplexity on the eval split, and zero-shot accuracy when tasks were asked for."""
-    ppl = evaluate_text(
-        loaded,
-        settings["calib"],
-        "eval",
-        settings["seqlen"],
-        settings["eval_windows"],
-        progress=False,
-    )
-    numbers = {"perplexity": ppl.perplexity, "eval_tokens": ppl.tokens}
-    if settings["zero_shot_tasks"]:
-        from llmprune.evaluate.zeroshot import zero_shot
-
-        numbers["zero_shot"] = zero_shot(
-            loaded.model,
-            loaded.tokenizer,
-            settings["zero_shot_tasks"],
-            settings["zero_shot_limit"],
-            data=settings["calib"],
-        )
-    return numbers
+def numbers(record: dict) -> dict:
+    keys = ("perplexity", "eval_tokens", "zero_shot")
+    return {k: record[k] for k in keys if k in record}
 
 
 def load_points(out: Path) -> list[dict]:

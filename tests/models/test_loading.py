@@ -1,10 +1,14 @@
 import json
+import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
-from llmprune.models import load_model
+from llmprune.models import load_model, loading
+from llmprune.models.loading import cache_dir, default_gguf_path, resolve_source
 
 
 def test_directory_loads_with_tokenizer_and_dtype(tiny_model_dirs):
@@ -75,3 +79,84 @@ def test_unreachable_hub_id_is_a_one_line_error(monkeypatch):
 def test_gguf_conversion_drops_quantization_config(tiny_model_dirs):
     config = json.loads((tiny_model_dirs["llama"] / "config.json").read_text())
     assert "quantization_config" not in config
+
+
+@pytest.mark.parametrize("content", [b"not a gguf file " * 256, b"GGUF\x03\x00\x00\x00"])
+def test_gguf_that_is_not_a_model_leaves_no_cache_entry(content, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(cache))
+    fake = tmp_path / "weights.gguf"
+    fake.write_bytes(content)
+    with pytest.raises(LLMPruneError) as error:
+        load_model(str(fake))
+    message = str(error.value)
+    assert message.startswith(f"cannot load a model config from {fake}: ")
+    assert "\n" not in message
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def fake_conversion(monkeypatch, calls: list) -> None:
+    """Stand in for the 30 s de-quantization: writes a config and a weights file."""
+
+    def convert(gguf, out):
+        calls.append(gguf)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(loading, "check_gguf", lambda gguf: None)
+    monkeypatch.setattr(loading, "convert_gguf", convert)
+
+
+def test_gguf_is_converted_once_per_distinct_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    fake_conversion(monkeypatch, calls)
+    first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    first.write_bytes(b"GGUF one")
+    second.write_bytes(b"GGUF two")
+    with caplog.at_level(logging.WARNING, logger=loading.__name__):
+        location, gguf_file = resolve_source(str(first))
+    assert gguf_file is None
+    assert Path(location).parent == tmp_path / "cache"
+    assert "converting a.gguf" in caplog.text
+    assert resolve_source(str(first)) == (location, None)
+    assert len(calls) == 1
+    assert resolve_source(str(second))[0] != location
+    first.write_bytes(b"GGUF changed")
+    os.utime(first, ns=(1, 1))
+    assert resolve_source(str(first))[0] != location
+    assert len(calls) == 3
+
+
+def test_failed_conversion_leaves_no_cache_entry(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(cache))
+
+    def convert(gguf, out):
+        (out / "config.json").write_text("{}")
+        raise RuntimeError("tensor blk.0 has an unknown type\nsecond line")
+
+    monkeypatch.setattr(loading, "check_gguf", lambda gguf: None)
+    monkeypatch.setattr(loading, "convert_gguf", convert)
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"GGUF")
+    with pytest.raises(LLMPruneError, match=r"^cannot convert .*unknown type$"):
+        resolve_source(str(fake))
+    assert not any(cache.iterdir())
+
+
+@pytest.mark.real
+def test_real_gguf_path_resolves_to_a_saveable_cached_copy(tmp_path):
+    gguf = default_gguf_path()
+    location, gguf_file = resolve_source(str(gguf))
+    directory = Path(location)
+    assert gguf_file is None
+    assert directory.parent == cache_dir()
+    assert (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
+    stamp = (directory / "config.json").stat().st_mtime_ns
+    assert resolve_source(str(gguf)) == (location, None)
+    assert (directory / "config.json").stat().st_mtime_ns == stamp
+    loaded = load_model(str(gguf), dtype="bfloat16")
+    assert "quantization_config" not in loaded.model.config.to_dict()
+    loaded.model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "config.json").is_file()

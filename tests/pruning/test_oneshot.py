@@ -10,13 +10,14 @@ from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate import sparsity_summary
 from llmprune.export import load_masks, save_pruned
+from llmprune.models import LoadedModel
 from llmprune.models import find_layout, weight_matrix
 from llmprune.models.layout import ModelLayout
 from llmprune.pruning import ModelMasks, make_config, prune
 from llmprune.pruning.methods import METHODS
 from llmprune.pruning.sequential import capture_block_inputs, walk_blocks
 from llmprune.pruning.statistics import InputNorms
-from llmprune.pruning.targets import Sparsity
+from llmprune.pruning.amounts import Sparsity
 from tests.conftest import FAMILIES, VOCAB, build_tiny
 
 
@@ -201,7 +202,7 @@ def test_targets_ignore_and_overrides():
         elif name.endswith("down_proj"):
             assert result.masks.layer_sparsity()[name] == pytest.approx(0.8, abs=1e-3)
         elif name.endswith("up_proj"):
-            assert result.targets[name] == "2:4"
+            assert result.amounts[name] == "2:4"
         else:
             assert result.masks.layer_sparsity()[name] == pytest.approx(0.5, abs=1e-3)
 
@@ -264,7 +265,8 @@ def test_nan_calibration_activations_name_the_layer():
 def test_saved_model_reloads_to_the_same_logits_and_masks(tmp_path, tiny_tokenizer):
     model = build_tiny("gpt_neox")
     result = prune(model, calibration=windows(), method="sparsegpt", sparsity=0.5, progress=False)
-    out = save_pruned(model, tiny_tokenizer, tmp_path / "pruned", result.masks, result.to_dict())
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny")
+    out = save_pruned(loaded, tmp_path / "pruned", result.masks, result.to_dict())
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = windows(2)
     with torch.no_grad():

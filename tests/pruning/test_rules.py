@@ -8,7 +8,7 @@ from llmprune.pruning.magnitude import magnitude_prune
 from llmprune.pruning.selection import nm_mask, unstructured_mask
 from llmprune.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from llmprune.pruning.statistics import Hessian, InputNorms
-from llmprune.pruning.targets import NM, Sparsity, parse_pattern
+from llmprune.pruning.amounts import NM, Sparsity, parse_pattern
 from llmprune.pruning.wanda import wanda_prune
 
 

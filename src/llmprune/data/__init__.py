@@ -2,7 +2,9 @@
 
 from llmprune.data.sources import DEFAULT_SOURCE, TextSource, get_source
 from llmprune.data.windows import (
+    calibration_sample,
     calibration_windows,
+    check_seqlen,
     eval_windows,
     source_tokens,
     tokenize,
@@ -11,7 +13,9 @@ from llmprune.data.windows import (
 __all__ = [
     "DEFAULT_SOURCE",
     "TextSource",
+    "calibration_sample",
     "calibration_windows",
+    "check_seqlen",
     "eval_windows",
     "get_source",
     "source_tokens",

@@ -14,13 +14,20 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_seqlen(seqlen: int, context: int | None) -> None:
+    """A window must hold at least one prediction and fit the model's context."""
+    if seqlen < 2:
+        raise LLMPruneError(f"seqlen must be at least 2, got {seqlen}")
+    if context is not None and seqlen > context:
+        raise LLMPruneError(f"seqlen {seqlen} is above the model's context of {context} tokens")
+
+
 def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """Cut a token stream into non-overlapping windows of `seqlen` (WikiText-2 protocol).
 
     The tail shorter than a window is dropped, as in the reference evaluations.
     """
-    if seqlen < 2:
-        raise LLMPruneError(f"seqlen must be at least 2, got {seqlen}")
+    check_seqlen(seqlen, None)
     count = ids.numel() // seqlen
     if max_windows is not None:
         count = min(count, max_windows)
@@ -59,3 +66,26 @@ def source_tokens(tokenizer, source: TextSource, split: str, max_tokens: int | N
         if total >= max_tokens:
             break
     return torch.cat(pieces)
+
+
+def calibration_sample(
+    tokenizer,
+    source: str,
+    nsamples: int,
+    seqlen: int,
+    seed: int = 0,
+    context: int | None = None,
+) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens from the train part of `source`.
+
+    Only as much text is tokenized as the sample needs (a large corpus costs what it gives).
+    """
+    from llmprune.data.sources import get_source
+
+    if tokenizer is None:
+        raise LLMPruneError("calibration needs a tokenizer (or ready-made token windows)")
+    text = get_source(source)
+    check_seqlen(seqlen, context)
+    budget = max(nsamples * seqlen * 4, 1_000_000)
+    ids = source_tokens(tokenizer, text, "train", max_tokens=budget)
+    return calibration_windows(ids, nsamples, seqlen, seed)

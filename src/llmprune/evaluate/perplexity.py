@@ -80,13 +80,6 @@ def perplexity(
     )
 
 
-def check_seqlen(seqlen: int, context: int | None) -> None:
-    if seqlen < 2:
-        raise LLMPruneError(f"seqlen must be at least 2, got {seqlen}")
-    if context is not None and seqlen > context:
-        raise LLMPruneError(f"seqlen {seqlen} is above the model's context of {context} tokens")
-
-
 def evaluate_text(
     loaded,
     data: str | None = None,
@@ -97,7 +90,7 @@ def evaluate_text(
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of a loaded model on a split of a named text source."""
-    from llmprune.data import eval_windows, get_source, source_tokens
+    from llmprune.data import check_seqlen, eval_windows, get_source, source_tokens
 
     source = get_source(data)
     check_seqlen(seqlen, loaded.context_length)

@@ -33,28 +33,32 @@ def check_output_path(out: str | Path, source: str | Path | None, overwrite: boo
     return out
 
 
+def write_checkpoint(directory: Path, loaded, masks: ModelMasks | None) -> None:
+    """Model (base weights + unmerged `adapter/` if any), tokenizer and masks into an
+    existing directory; callers make it atomic."""
+    from llmprune.finetune.lora import save_with_adapter
+
+    save_with_adapter(loaded.model, Path(directory))
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(directory)
+    if masks is not None and len(masks):
+        masks.save(Path(directory) / MASKS_FILE)
+
+
 def save_pruned(
-    model,
-    tokenizer,
+    loaded,
     out: str | Path,
     masks: ModelMasks | None = None,
     record: dict | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
-    extra_json: dict[str, dict] | None = None,
 ) -> Path:
-    """Write model, tokenizer, masks, record (and `extra_json` files) into `out` atomically."""
+    """Write model, tokenizer, masks and record into `out` atomically."""
     out = check_output_path(out, source, overwrite)
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if masks is not None and len(masks):
-            masks.save(tmp / MASKS_FILE)
+        write_checkpoint(tmp, loaded, masks)
         write_json(tmp / RECORD_FILE, record or {})
-        for name, data in (extra_json or {}).items():
-            write_json(tmp / name, data)
 
     return write_directory(out, fill, overwrite=overwrite)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmprune.errors import LLMPruneError
+from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.trainable import check_parts
 
 
@@ -20,9 +20,13 @@ class FinetuneConfig(BaseModel):
     lora_alpha: float | None = None
     lora_targets: list[str] = Field(default_factory=list, description="globs; default: pruned")
     merge_lora: bool = True
+    # masked: train W + (B·A) ⊙ M (PERP), so the merged model is the trained one; plain: a
+    # dense adapter. Default: masked when merging, plain when the adapter stays separate.
+    lora_mode: Literal["masked", "plain"] | None = None
     steps: int = Field(default=100, ge=1)
     learning_rate: float = Field(default=1e-4, gt=0)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0, description="default: warmup_ratio")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="PERP: 10 % of steps")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=4, ge=1)
@@ -44,13 +48,23 @@ class FinetuneConfig(BaseModel):
 
     @property
     def uses_lora(self) -> bool:
-        return "lora" in self.trainable
+        return "lora" in self.trainable or "lora_head" in self.trainable
+
+    @property
+    def masked_lora(self) -> bool:
+        return (self.lora_mode or ("masked" if self.merge_lora else "plain")) == "masked"
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: as given, else `warmup_ratio` of the run."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(round(self.warmup_ratio * self.steps))
+
+    @property
+    def label(self) -> str:
+        return f"finetune {'+'.join(self.trainable)} x{self.steps}"
 
 
 def make_finetune_config(**values) -> FinetuneConfig:
-    from llmprune.pruning.config import one_line
-
-    try:
-        return FinetuneConfig(**values)
-    except ValidationError as exc:
-        raise LLMPruneError(one_line(exc)) from None
+    return validated(FinetuneConfig, values)

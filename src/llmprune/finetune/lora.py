@@ -1,23 +1,29 @@
-"""LoRA adapters (via peft) on the pruned linears, merged so that zeros stay zero.
+"""LoRA adapters (via peft) on the pruned linears, trained and merged so zeros stay zero.
 
-A merged LoRA update B·A is dense; added to a pruned W it would fill the pruned
-positions. The masked merge keeps W + (B·A) ⊙ M: merge with peft, then re-apply the
-masks, which is the same thing because W ⊙ M = W. The unmerged adapter can be saved
-instead with `save_adapter`.
+A LoRA update B·A is dense; added to a pruned W it would fill the pruned positions.
+PERP (Zimmer et al.) therefore trains the masked adapter, W + (B·A) ⊙ M, in the forward
+pass ("masked" mode, the default whenever the adapter is merged): the model trained is
+exactly the model shipped, and merging (W + B·A, then the masks again) gives the same
+weights because W ⊙ M = W. "plain" mode trains the usual dense adapter; kept unmerged,
+it ships as peft adapter files in `adapter/` beside the sparse base checkpoint.
 """
 
 from __future__ import annotations
 
+import json
+import types
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from llmprune.errors import LLMPruneError
-from llmprune.pruning.masks import ModelMasks
+from llmprune.io import write_json
+from llmprune.models.layout import storage_mask
+from llmprune.pruning.masks import MASKS_FILE, ModelMasks
 
-
-def leaf_names(names: list[str]) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name in names})
+ADAPTER_DIR = "adapter"
+MODE_FILE = "llmprune_lora.json"
 
 
 def add_lora(
@@ -54,8 +60,41 @@ def is_conv1d_model(model: nn.Module, layer_names: list[str]) -> bool:
     return any(isinstance(modules[name], Conv1D) for name in layer_names)
 
 
+def lora_modules(peft_model: nn.Module) -> dict[str, nn.Module]:
+    """The LoRA-wrapped layers by their name in the original model."""
+    base = peft_model.get_base_model()
+    return {name: m for name, m in base.named_modules() if hasattr(m, "lora_A")}
+
+
+def mask_adapters(peft_model: nn.Module, masks: ModelMasks) -> int:
+    """Make every adapter on a masked layer compute W + (B·A) ⊙ M; return how many."""
+    count = 0
+    for name, module in lora_modules(peft_model).items():
+        if name not in masks:
+            continue
+        pruned = ~storage_mask(module.base_layer, masks[name])
+        module.register_buffer("llmprune_pruned", pruned.to(module.base_layer.weight.device), False)
+        module.forward = types.MethodType(masked_forward, module)
+        count += 1
+    return count
+
+
+def masked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The base layer with weight W + (B·A) ⊙ M: one matmul, pruned positions stay 0."""
+    adapters = [a for a in self.active_adapters if a in self.lora_A]
+    if self.disable_adapters or self.merged or not adapters:
+        return type(self).forward(self, x, *args, **kwargs)
+    delta = sum(self.get_delta_weight(adapter) for adapter in adapters)
+    weight = self.base_layer.weight + delta.masked_fill(self.llmprune_pruned, 0.0)
+    return torch.func.functional_call(self.base_layer, {"weight": weight}, (x, *args), kwargs)
+
+
 def merge_lora(peft_model: nn.Module, masks: ModelMasks | None) -> nn.Module:
     """Merge adapters into the base weights, then zero the pruned positions again."""
+    base = peft_model.get_base_model()
+    head = base.get_output_embeddings()
+    if head is not None and hasattr(head, "lora_A"):
+        untie_head(base, head)
     model = peft_model.merge_and_unload()
     if masks is not None:
         masks.apply(model)
@@ -63,6 +102,51 @@ def merge_lora(peft_model: nn.Module, masks: ModelMasks | None) -> nn.Module:
     return model
 
 
-def save_adapter(peft_model: nn.Module, directory: str | Path) -> None:
-    """The unmerged form: peft's adapter files, loadable with PeftModel.from_pretrained."""
-    peft_model.save_pretrained(str(directory))
+def untie_head(model: nn.Module, head: nn.Module) -> None:
+    """Give a LoRA-wrapped LM head its own weight, so merging the adapter into it leaves
+    the input embeddings as they are (tied models share one tensor)."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and head.base_layer.weight is embeddings.weight:
+        weight = head.base_layer.weight.detach().clone()
+        head.base_layer.weight = nn.Parameter(weight, requires_grad=False)
+        model.config.tie_word_embeddings = False
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def save_with_adapter(model: nn.Module, directory: Path) -> None:
+    """A plain checkpoint of the base weights, plus `adapter/` when adapters are unmerged
+    (with a note of whether they are masked, so that loading restores the same forward)."""
+    if not is_peft(model):
+        model.save_pretrained(directory, safe_serialization=True)
+        return
+    base = model.get_base_model()
+    state = {}
+    for key, value in base.state_dict().items():
+        parts = key.split(".")
+        if any(part.startswith("lora_") for part in parts):
+            continue
+        state[".".join(p for p in parts if p != "base_layer")] = value
+    base.save_pretrained(directory, state_dict=state, safe_serialization=True)
+    model.save_pretrained(str(Path(directory) / ADAPTER_DIR))
+    masked = any(hasattr(m, "llmprune_pruned") for m in lora_modules(model).values())
+    write_json(Path(directory) / ADAPTER_DIR / MODE_FILE, {"masked": masked})
+
+
+def load_with_adapter(source, dtype: str = "float32"):
+    """`load_model`, with the adapter in `adapter/` attached again (unmerged) if present."""
+    from llmprune.models import load_model
+
+    loaded = load_model(source, dtype=dtype, device="cpu")
+    adapter = Path(str(source)) / ADAPTER_DIR
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
+        loaded.model.eval()
+        mode = adapter / MODE_FILE
+        if mode.is_file() and json.loads(mode.read_text()).get("masked"):
+            mask_adapters(loaded.model, ModelMasks.load(Path(str(source)) / MASKS_FILE))
+    return loaded

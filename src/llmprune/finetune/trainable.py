@@ -11,7 +11,9 @@ from torch import nn
 
 from llmprune.errors import LLMPruneError
 
-PARTS = ("all", "biases", "norms", "head", "embeddings", "lora")
+# "lora": adapters on the pruned linears; "lora_head": an adapter on the LM head, which
+# PERP found more stable than training the whole head (and tied embeddings stay as they are)
+PARTS = ("all", "biases", "norms", "head", "embeddings", "lora", "lora_head")
 
 
 def is_norm(module: nn.Module) -> bool:

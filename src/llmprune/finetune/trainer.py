@@ -16,30 +16,50 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from llmprune.data import calibration_windows, get_source, source_tokens
+from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig
-from llmprune.finetune.lora import add_lora, merge_lora
+from llmprune.finetune.lora import add_lora, is_peft, mask_adapters, merge_lora
 from llmprune.finetune.trainable import count_trainable, trainable_names
+from llmprune.models.layout import find_layout, storage_mask
+from llmprune.pruning.allocation import matches
 from llmprune.pruning.masks import ModelMasks
 
 
 class MaskKeeper(TrainerCallback):
-    """Zero the pruned weights after each optimizer step (and once before training)."""
+    """Keeps pruned weights at exactly zero through training, on every path.
 
-    def __init__(self, masks: ModelMasks):
+    - gradients of pruned weights are zeroed as they are computed (a hook on each
+      weight), so gradient clipping sees only the survivors' norm and AdamW's moments of
+      pruned weights stay zero;
+    - the weights are re-masked once before training and after every optimizer step
+      (weight decay, or any optimizer that moves a zero-gradient weight).
+    Layers are found by the masks' names through any peft wrapper, so base weights that
+    train beside LoRA adapters are kept too.
+    """
+
+    def __init__(self, masks: ModelMasks, model: nn.Module):
         self.masks = masks
+        self.model = model
         self.unpacked: dict | None = None  # on the weights' devices, unpacked once
+        self.handles: list = []
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            self.unpacked = self.masks.on_devices(model)
-            self.masks.apply(model, self.unpacked)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.unpacked = self.masks.on_devices(self.model)
+        self.masks.apply(self.model, self.unpacked)
+        layers = find_layout(self.model).linears()
+        for name, mask in self.unpacked.items():
+            weight = layers[name].weight
+            if weight.requires_grad:
+                keep = storage_mask(layers[name], mask).to(weight.dtype)
+                self.handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            self.masks.apply(model, self.unpacked)
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.masks.apply(self.model, self.unpacked)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.unpacked = None
+        for handle in self.handles:
+            handle.remove()
+        self.handles, self.unpacked = [], None
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -70,7 +90,7 @@ def training_arguments(config: FinetuneConfig, output_dir: str) -> TrainingArgum
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accumulation,
         learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
+        warmup_steps=config.warmup,
         lr_scheduler_type=config.scheduler,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
@@ -87,19 +107,23 @@ def training_arguments(config: FinetuneConfig, output_dir: str) -> TrainingArgum
     )
 
 
-def lora_targets(model: nn.Module, masks: ModelMasks, patterns: list[str]) -> list[str]:
-    """The layers that get adapters: `patterns` if given, else the pruned linears."""
-    from llmprune.errors import LLMPruneError
-    from llmprune.models.layout import find_layout
-    from llmprune.pruning.allocation import matches
-
+def lora_targets(model: nn.Module, masks: ModelMasks, config: FinetuneConfig) -> list[str]:
+    """The layers that get adapters: `lora_targets` globs if given, else the pruned linears
+    (all linears of a dense model); plus the LM head for `lora_head`."""
     linears = list(find_layout(model).linears())
-    for pattern in patterns:
+    for pattern in config.lora_targets:
         if not any(matches(name, [pattern]) for name in linears):
             raise LLMPruneError(f"LoRA target {pattern!r} matches no linear layer of the model")
-    if patterns:
-        return [name for name in linears if matches(name, patterns)]
-    return list(masks) if len(masks) else linears
+    names: list[str] = []
+    if "lora" in config.trainable:
+        if config.lora_targets:
+            names = [name for name in linears if matches(name, config.lora_targets)]
+        else:
+            names = list(masks) if len(masks) else linears
+    if "lora_head" in config.trainable:
+        head = model.get_output_embeddings()
+        names += [name for name, module in model.named_modules() if module is head]
+    return names
 
 
 def finetune(
@@ -111,24 +135,29 @@ def finetune(
 ) -> tuple[nn.Module, dict]:
     """Train `model` as `config` says; return the (merged) model and a summary.
 
-    With masks, every pruned weight is still exactly 0 at the end (checked). With LoRA,
-    the returned model has the adapters merged through the masks unless
-    `config.merge_lora` is False (then it is the peft model).
+    Every pruned weight is exactly 0 at every step and at the end (checked), whichever
+    parts train. With LoRA, the returned model has the adapters merged through the masks
+    unless `config.merge_lora` is False (then it is the peft model).
     """
     masks = masks or ModelMasks()
     windows = windows if windows is not None else training_windows(tokenizer, config)
-    parts = [p for p in config.trainable if p != "lora"]
+    parts = [p for p in config.trainable if p not in ("lora", "lora_head")]
     chosen = trainable_names(model, parts) if parts else set()
     keep = {id(p) for n, p in model.named_parameters() if n in chosen}
     train_model = model
+    masked_adapters = 0
     if config.uses_lora:
-        targets = lora_targets(model, masks, config.lora_targets)
+        if is_peft(model):
+            raise LLMPruneError("the model already has unmerged LoRA adapters; merge them first")
+        targets = lora_targets(model, masks, config)
         train_model = add_lora(model, targets, config.lora_rank, config.lora_alpha)
+        if config.masked_lora:
+            masked_adapters = mask_adapters(train_model, masks)
     # peft freezes the base model; PERP parts chosen beside LoRA train again (same tensors)
     for name, param in train_model.named_parameters():
         param.requires_grad_(id(param) in keep or "lora_" in name)
     counts = count_trainable(train_model)
-    callbacks = [] if config.uses_lora else [MaskKeeper(masks)]
+    callbacks = [MaskKeeper(masks, train_model)] if len(masks) else []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
@@ -143,7 +172,7 @@ def finetune(
     model = train_model
     if config.uses_lora and config.merge_lora:
         model = merge_lora(train_model, masks)
-    elif len(masks) and not config.uses_lora:
+    elif len(masks):
         masks.check(model)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -153,6 +182,8 @@ def finetune(
         "trainable_fraction": counts["trainable"] / counts["total"],
         "train_loss": output.training_loss,
         "steps": config.steps,
+        "warmup_steps": config.warmup,
+        "masked_lora_layers": masked_adapters,
         "world_size": world_size,
         "seconds": time.perf_counter() - start,
     }

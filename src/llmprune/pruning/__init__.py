@@ -1,9 +1,9 @@
 """Pruning: pure rules (magnitude, Wanda, SparseGPT), selection, allocation, the driver."""
 
+from llmprune.pruning.amounts import NM, Sparsity, parse_pattern
 from llmprune.pruning.config import PruneConfig, make_config
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.oneshot import PruneResult, prune
-from llmprune.pruning.targets import NM, Sparsity, parse_pattern
 
 __all__ = [
     "NM",

@@ -12,8 +12,7 @@ import fnmatch
 
 import torch
 
-from llmprune.errors import LLMPruneError
-from llmprune.pruning.targets import Sparsity, Target, parse_pattern
+from llmprune.pruning.amounts import Amount, parse_amount
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -28,19 +27,11 @@ def select_layers(names: list[str], targets: list[str], ignore: list[str]) -> li
     return [n for n in names if (not targets or matches(n, targets)) and not matches(n, ignore)]
 
 
-def parse_target(value: float | str) -> Target:
-    if isinstance(value, str) and ":" in value:
-        return parse_pattern(value)
-    try:
-        return Sparsity(float(value))
-    except ValueError:
-        raise LLMPruneError(f"a sparsity must be a number or N:M, got {value!r}") from None
-
-
-def override_target(name: str, overrides: dict[str, float | str]) -> Target | None:
+def override_amount(name: str, overrides: dict[str, float | str]) -> Amount | None:
+    """The amount of the first override whose glob matches `name`, if any."""
     for pattern, value in overrides.items():
         if matches(name, [pattern]):
-            return parse_target(value)
+            return parse_amount(value)
     return None
 
 
@@ -60,9 +51,3 @@ def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float) -> li
     density = scaled - scaled.mean() + (1.0 - sparsity)
     result = (1.0 - density).clamp(0.0, 0.99)
     return [float(v) for v in result]
-
-
-def uniform_target(sparsity: float | None, pattern: str | None) -> Target:
-    if (sparsity is None) == (pattern is None):
-        raise LLMPruneError("give exactly one of a sparsity or an N:M pattern")
-    return parse_pattern(pattern) if pattern is not None else Sparsity(sparsity)

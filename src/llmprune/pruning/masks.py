@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmprune.errors import LLMPruneError
-from llmprune.models.layout import weight_matrix
+from llmprune.models.layout import find_layout, weight_matrix
 
 MASKS_FILE = "masks.safetensors"
 ONES_IN_BYTE = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
@@ -58,6 +58,12 @@ class ModelMasks:
         self.packed[name] = pack(mask)
         self.shapes[name] = tuple(mask.shape)
 
+    def copy(self) -> ModelMasks:
+        """An independent set of the same masks (packed tensors are never changed in place)."""
+        twin = ModelMasks()
+        twin.packed, twin.shapes = dict(self.packed), dict(self.shapes)
+        return twin
+
     def get(self, name: str) -> torch.Tensor | None:
         return self[name] if name in self.packed else None
 
@@ -83,13 +89,13 @@ class ModelMasks:
     def on_devices(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Every mask unpacked on its weight's device: for applying after every training
         step without unpacking each time (one byte per weight, on the device)."""
-        modules = dict(model.named_modules())
+        modules = find_layout(model).linears()
         return {name: mask.to(weight_matrix(modules[name]).device) for name, mask in self.items()}
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, unpacked: dict | None = None) -> None:
         """Zero every pruned weight in place (after an optimizer step, say)."""
-        modules = dict(model.named_modules())
+        modules = find_layout(model).linears()
         for name in self:
             matrix = weight_matrix(modules[name])
             mask = unpacked[name] if unpacked is not None else self[name]
@@ -98,7 +104,7 @@ class ModelMasks:
     @torch.no_grad()
     def violations(self, model: torch.nn.Module) -> dict[str, int]:
         """Layers with pruned positions that are not exactly zero, and how many."""
-        modules = dict(model.named_modules())
+        modules = find_layout(model).linears()
         bad = {}
         for name, mask in self.items():
             if name not in modules:
@@ -146,5 +152,5 @@ class ModelMasks:
     @classmethod
     def from_model(cls, model: torch.nn.Module, names: list[str]) -> ModelMasks:
         """Masks that keep exactly the non-zero weights of the named layers."""
-        modules = dict(model.named_modules())
+        modules = find_layout(model).linears()
         return cls({name: weight_matrix(modules[name]) != 0 for name in names})

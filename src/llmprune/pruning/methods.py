@@ -1,29 +1,29 @@
 """The method registry: which statistic each method collects and which rule it applies.
 
-Every rule has one signature, `(weight, statistic, target, existing, config, layer)`,
-so the driver never branches on the method's name.
+Every rule has one signature, `(weight, statistic, amount, existing, config, layer)`, and
+a method says what it needs from calibration through its statistic (None: nothing), so
+the driver never asks for a method's name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from llmprune.pruning.config import PruneConfig
+from llmprune.pruning.amounts import Amount
 from llmprune.pruning.magnitude import magnitude_prune
-from llmprune.pruning.sparsegpt import (
-    inverse_hessian_factor,
-    sparsegpt_prune,
-    with_dead_inputs_fixed,
-)
+from llmprune.pruning.sparsegpt import sparsegpt_prune
 from llmprune.pruning.statistics import Hessian, InputNorms, Statistic
-from llmprune.pruning.targets import Target
 from llmprune.pruning.wanda import wanda_prune
 
+if TYPE_CHECKING:
+    from llmprune.pruning.config import PruneConfig
+
 Rule = Callable[
-    [torch.Tensor, Statistic, Target, "torch.Tensor | None", PruneConfig, str],
+    [torch.Tensor, "Statistic | None", Amount, "torch.Tensor | None", "PruneConfig", str],
     tuple[torch.Tensor, torch.Tensor],
 ]
 
@@ -31,37 +31,37 @@ Rule = Callable[
 @dataclass(frozen=True)
 class Method:
     name: str
-    statistic: type[Statistic]
+    statistic: type[Statistic] | None  # what calibration must collect; None: no calibration
     rule: Rule
 
-
-def _magnitude(weight, _stat, target, existing, config, _layer):
-    return magnitude_prune(weight, target, existing, per_row=config.per_row)
-
-
-def _wanda(weight, stat, target, existing, _config, _layer):
-    return wanda_prune(weight, stat.norms.to(weight.device), target, existing)
+    @property
+    def needs_calibration(self) -> bool:
+        return self.statistic is not None
 
 
-def _sparsegpt(weight, stat, target, existing, config, layer):
-    key = ("inverse_hessian_factor", config.dampening)
-    if key not in stat.cache:  # q/k/v (and gate/up) share one Hessian: factor it once
-        fixed = with_dead_inputs_fixed(stat.matrix)
-        stat.cache[key] = inverse_hessian_factor(fixed, config.dampening, layer)
+def _magnitude(weight, _stat, amount, existing, config, _layer):
+    return magnitude_prune(weight, amount, existing, per_row=config.per_row)
+
+
+def _wanda(weight, stat, amount, existing, _config, _layer):
+    return wanda_prune(weight, stat.norms.to(weight.device), amount, existing)
+
+
+def _sparsegpt(weight, stat, amount, existing, config, layer):
     return sparsegpt_prune(
         weight,
         stat.matrix,
-        target,
+        amount,
         existing,
         config.blocksize,
         config.dampening,
         layer,
-        hinv=stat.cache[key],
+        hinv=stat.inverse_factor(config.dampening),
     )
 
 
 METHODS: dict[str, Method] = {
-    "magnitude": Method("magnitude", Statistic, _magnitude),
+    "magnitude": Method("magnitude", None, _magnitude),
     "wanda": Method("wanda", InputNorms, _wanda),
     "sparsegpt": Method("sparsegpt", Hessian, _sparsegpt),
 }

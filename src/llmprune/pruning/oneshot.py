@@ -8,22 +8,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from llmprune.data import calibration_sample
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, find_layout, set_weight_matrix, weight_matrix
 from llmprune.models.loading import max_context
 from llmprune.pruning.allocation import (
     outlier_ratio,
-    override_target,
+    override_amount,
     owl_block_sparsities,
     select_layers,
-    uniform_target,
 )
+from llmprune.pruning.amounts import NM, Amount, Sparsity
 from llmprune.pruning.config import PruneConfig, make_config
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.methods import METHODS
 from llmprune.pruning.sequential import Residency, collect_statistics, walk_blocks
-from llmprune.pruning.statistics import InputNorms, Statistic
-from llmprune.pruning.targets import NM, Sparsity, Target
+from llmprune.pruning.statistics import InputNorms
 from llmprune.pruning.wanda import wanda_scores
 
 
@@ -33,7 +33,7 @@ class PruneResult:
 
     masks: ModelMasks
     config: PruneConfig
-    targets: dict[str, str]
+    amounts: dict[str, str]  # layer name -> "0.5" or "2:4"
     block_sparsity: list[float] = field(default_factory=list)
     owl_ratios: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -44,25 +44,11 @@ class PruneResult:
             "label": self.config.label,
             "sparsity": self.masks.sparsity(),
             "layer_sparsity": self.masks.layer_sparsity(),
-            "targets": self.targets,
+            "amounts": self.amounts,
             "block_sparsity": self.block_sparsity,
             "owl_ratios": self.owl_ratios,
             "seconds": self.seconds,
         }
-
-
-def calibration_data(tokenizer, config: PruneConfig, context: int | None) -> torch.Tensor:
-    """`nsamples` random windows of `seqlen` tokens from the train part of `config.calib`."""
-    from llmprune.data import calibration_windows, get_source, source_tokens
-    from llmprune.evaluate.perplexity import check_seqlen
-
-    if tokenizer is None:
-        raise LLMPruneError(f"{config.method} needs calibration data: pass a tokenizer or windows")
-    source = get_source(config.calib)
-    check_seqlen(config.seqlen, context)
-    budget = max(config.nsamples * config.seqlen * 4, 1_000_000)
-    ids = source_tokens(tokenizer, source, "train", max_tokens=budget)
-    return calibration_windows(ids, config.nsamples, config.seqlen, config.seed)
 
 
 def block_layers(layout: ModelLayout, index: int, chosen: set[str]) -> dict[str, nn.Module]:
@@ -74,23 +60,21 @@ def block_layers(layout: ModelLayout, index: int, chosen: set[str]) -> dict[str,
     }
 
 
-def layer_targets(
+def layer_amounts(
     layout: ModelLayout, config: PruneConfig, names: list[str], block_sparsity: list[float]
-) -> dict[str, Target]:
-    """Uniform (or OWL per block) target for each layer, unless an override matches."""
-    base = uniform_target(config.sparsity, config.pattern)
+) -> dict[str, Amount]:
+    """Uniform (or OWL per block) amount for each layer, unless an override matches."""
     linears = layout.linears()
-    targets = {}
+    amounts = {}
     for name in names:
-        target = override_target(name, config.overrides)
-        if target is None and block_sparsity:
-            index = int(name[len(layout.blocks_path) + 1 :].split(".")[0])
-            target = Sparsity(block_sparsity[index])
-        target = target or base
-        if isinstance(target, NM):
-            target.check_divides(weight_matrix(linears[name]).shape[1], name)
-        targets[name] = target
-    return targets
+        amount = override_amount(name, config.overrides)
+        if amount is None and block_sparsity:
+            amount = Sparsity(block_sparsity[layout.block_index(name)])
+        amount = amount or config.amount
+        if isinstance(amount, NM):
+            amount.check_divides(weight_matrix(linears[name]).shape[1], name)
+        amounts[name] = amount
+    return amounts
 
 
 def owl_outlier_ratios(
@@ -133,7 +117,7 @@ def owl_outlier_ratios(
     return ratios
 
 
-def prune_layer(name, module, statistic, target, existing, config, method) -> torch.Tensor:
+def prune_layer(name, module, statistic, amount, existing, config, method) -> torch.Tensor:
     weight = weight_matrix(module)
     old = existing.get(name) if existing is not None else None
     old = None if old is None else old.to(weight.device)
@@ -141,7 +125,7 @@ def prune_layer(name, module, statistic, target, existing, config, method) -> to
         raise LLMPruneError(
             f"existing mask of {name} has shape {tuple(old.shape)}, not {tuple(weight.shape)}"
         )
-    mask, new_weight = method.rule(weight.float(), statistic, target, old, config, name)
+    mask, new_weight = method.rule(weight.float(), statistic, amount, old, config, name)
     set_weight_matrix(module, new_weight)
     return mask
 
@@ -163,8 +147,10 @@ def prune(
     `config` (or keyword options such as method="wanda", sparsity=0.5, pattern="2:4")
     says how. `calibration` ([n, seqlen] token ids) overrides sampling from
     `config.calib`. With `existing` masks, weights pruned earlier stay pruned and the
-    new target counts them (iterative schedules). `residency` decides where blocks live
-    between visits (default: in memory; `StreamedModel` streams them from disk).
+    new amount counts them (iterative schedules); the returned masks are the earlier
+    ones with this pass's layers replaced, so masks accumulate across passes.
+    `residency` decides where blocks live between visits (default: in memory;
+    `StreamedModel` streams them from disk).
     `owl_ratios` from an earlier result on the same dense model and windows skip OWL's
     pre-pass.
     """
@@ -175,14 +161,16 @@ def prune(
     if not names:
         raise LLMPruneError("no linear layer matches --targets / --ignore")
     chosen = set(names)
-    layer_targets(layout, config, names, [])  # validate N:M and overrides before any work
+    layer_amounts(layout, config, names, [])  # validate N:M and overrides before any work
     method = METHODS[config.method]
     windows = None
     if config.needs_calibration:
         context = max_context(model.config) if hasattr(model, "config") else None
-        windows = (
-            calibration if calibration is not None else calibration_data(tokenizer, config, context)
-        )
+        windows = calibration
+        if windows is None:
+            windows = calibration_sample(
+                tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, context
+            )
     ratios, block_sparsity = [], []
     if config.allocation == "owl":
         ratios = owl_ratios or owl_outlier_ratios(
@@ -197,13 +185,13 @@ def prune(
         if len(ratios) != layout.num_blocks:
             raise LLMPruneError(f"{len(ratios)} OWL ratios for {layout.num_blocks} blocks")
         block_sparsity = owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
-    targets = layer_targets(layout, config, names, block_sparsity)
-    masks = ModelMasks()
+    amounts = layer_amounts(layout, config, names, block_sparsity)
+    masks = existing.copy() if existing is not None else ModelMasks()
 
     def visit(index: int, block: nn.Module, inputs) -> None:
         layers = block_layers(layout, index, chosen)
         stats = {}
-        if method.statistic is not Statistic:
+        if method.statistic is not None:
             stats = collect_statistics(
                 block,
                 index,
@@ -214,13 +202,13 @@ def prune(
             )
         for name, module in layers.items():
             masks[name] = prune_layer(
-                name, module, stats.get(name), targets[name], existing, config, method
+                name, module, stats.get(name), amounts[name], existing, config, method
             )
 
     walk_blocks(
         model,
         layout,
-        windows if method.name != "magnitude" else None,
+        windows if method.needs_calibration else None,
         visit,
         config.batch_size,
         config.device,
@@ -231,7 +219,7 @@ def prune(
     return PruneResult(
         masks=masks,
         config=config,
-        targets={name: str(target) for name, target in targets.items()},
+        amounts={name: str(amount) for name, amount in amounts.items()},
         block_sparsity=block_sparsity,
         owl_ratios=ratios,
         seconds=time.perf_counter() - start,

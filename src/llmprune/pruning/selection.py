@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from llmprune.pruning.targets import NM
+from llmprune.pruning.amounts import NM
 
 
 def forced_scores(scores: torch.Tensor, existing: torch.Tensor | None) -> torch.Tensor:

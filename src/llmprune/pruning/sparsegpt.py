@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from llmprune.errors import LLMPruneError
+from llmprune.pruning.amounts import NM, Amount
 from llmprune.pruning.selection import forced_scores, lowest_mask, prune_count
-from llmprune.pruning.targets import NM, Target
 
 DAMPING_RETRIES = 6
 
@@ -56,7 +56,7 @@ def with_dead_inputs_fixed(hessian: torch.Tensor) -> torch.Tensor:
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    target: Target,
+    amount: Amount,
     existing: torch.Tensor | None = None,
     blocksize: int = 128,
     damping: float = 0.01,
@@ -68,8 +68,8 @@ def sparsegpt_prune(
     `hinv` is `inverse_hessian_factor(with_dead_inputs_fixed(hessian), damping)` when the
     caller already has it (layers fed the same input share one Hessian and one factor).
     """
-    if isinstance(target, NM) and blocksize % target.m:
-        blocksize = max(target.m, blocksize // target.m * target.m)  # groups never straddle
+    if isinstance(amount, NM) and blocksize % amount.m:
+        blocksize = max(amount.m, blocksize // amount.m * amount.m)  # groups never straddle
     W = weight.detach().clone().float()
     rows, cols = W.shape
     dead = torch.diag(hessian) == 0  # inputs that are always zero: free to prune
@@ -88,18 +88,18 @@ def sparsegpt_prune(
         old = None if existing is None else existing[:, start:end]
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
-        if isinstance(target, NM):
+        if isinstance(amount, NM):
             pruned1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             # adaptive mask selection: the block's share of the layer total, by w²/[H⁻¹]²_jj
-            want = prune_count(rows * end, target.fraction) - pruned_so_far
+            want = prune_count(rows * end, amount.fraction) - pruned_so_far
             pruned1 = block_unstructured(W1, diag, want, old)
             pruned_so_far += int(pruned1.sum())
         for j in range(end - start):
-            if isinstance(target, NM) and j % target.m == 0:
-                group = slice(j, j + target.m)
+            if isinstance(amount, NM) and j % amount.m == 0:
+                group = slice(j, j + amount.m)
                 pruned1[:, group] = block_nm(
-                    W1[:, group], diag[group], target, group_mask(old, group)
+                    W1[:, group], diag[group], amount, group_mask(old, group)
                 )
             w = W1[:, j]
             q = w.masked_fill(pruned1[:, j], 0.0)

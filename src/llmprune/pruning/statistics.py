@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from llmprune.errors import LLMPruneError
+from llmprune.pruning.sparsegpt import inverse_hessian_factor, with_dead_inputs_fixed
 
 
 def flat_inputs(x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -20,14 +21,13 @@ def flat_inputs(x: torch.Tensor, layer: str) -> torch.Tensor:
 
 
 class Statistic:
-    """Nothing to learn: magnitude pruning looks at the weights alone."""
+    """The base of every accumulator: counts the tokens a layer saw."""
 
     def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
         self.in_features = in_features
         self.layer = layer
         self.device = torch.device(device)
         self.tokens = 0
-        self.cache: dict = {}  # results derived from the statistic, shared by its layers
 
     def add_batch(self, x: torch.Tensor) -> None:
         self.tokens += x.numel() // x.shape[-1]
@@ -60,6 +60,7 @@ class Hessian(Statistic):
     def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
         super().__init__(in_features, layer, device)
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device)
+        self._factors: dict[float, torch.Tensor] = {}
 
     def add_batch(self, x: torch.Tensor) -> None:
         x = flat_inputs(x, self.layer)
@@ -71,3 +72,11 @@ class Hessian(Statistic):
         if self.tokens == 0:
             raise LLMPruneError(f"layer {self.layer} saw no calibration tokens")
         return self.sum * (2.0 / self.tokens)
+
+    def inverse_factor(self, damping: float) -> torch.Tensor:
+        """Upper Cholesky factor of the dampened H⁻¹, computed once per damping: layers fed
+        the same input (q/k/v, gate/up) share this Hessian and so this factor."""
+        if damping not in self._factors:
+            fixed = with_dead_inputs_fixed(self.matrix)
+            self._factors[damping] = inverse_hessian_factor(fixed, damping, self.layer)
+        return self._factors[damping]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from llmprune.pruning.amounts import NM, Amount
 from llmprune.pruning.selection import nm_mask, unstructured_mask
-from llmprune.pruning.targets import NM, Target
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
@@ -19,13 +19,13 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
 def wanda_prune(
     weight: torch.Tensor,
     input_norms: torch.Tensor,
-    target: Target,
+    amount: Amount,
     existing: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, pruned weight): per-row comparison for unstructured, per group for N:M."""
     scores = wanda_scores(weight, input_norms)
-    if isinstance(target, NM):
-        mask = nm_mask(scores, target, existing)
+    if isinstance(amount, NM):
+        mask = nm_mask(scores, amount, existing)
     else:
-        mask = unstructured_mask(scores, target.fraction, existing, per_row=True)
+        mask = unstructured_mask(scores, amount.fraction, existing, per_row=True)
     return mask, weight * mask

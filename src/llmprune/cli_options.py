@@ -1,0 +1,127 @@
+"""CLI options made from config models, so a field's default and help live in one place.
+
+A command written as `def prune(model: ModelArg, ..., config: PruneConfig)` gets one
+option per field of `PruneConfig` (`--nsamples`, `--per-row/--no-per-row`, ...) with the
+field's default and description; the parsed values are validated by the model itself
+(one-line errors) and the command body receives the config object.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from llmprune.errors import LLMPruneError, validated
+
+# list fields take repeated options or comma-separated values; dict fields take KEY=VALUE
+OPTION_NAMES = {"overrides": "--override"}
+
+
+def config_options(body: Callable) -> Callable:
+    """Replace each config-model parameter of `body` by options for its fields."""
+    signature = inspect.signature(body, eval_str=True)
+    own = [p for p in signature.parameters.values() if not is_config(p.annotation)]
+    configs = {p.name: p.annotation for p in signature.parameters.values() if is_config(p)}
+    own_names = {p.name for p in own}
+    fields = [
+        (name, field)
+        for cls in configs.values()
+        for name, field in cls.model_fields.items()
+        if name not in own_names
+    ]
+    parameters = own + [field_parameter(name, field) for name, field in fields]
+
+    @functools.wraps(body)
+    def command(**values: Any):
+        built = {
+            argument: validated(cls, config_values(cls, values))
+            for argument, cls in configs.items()
+        }
+        return body(**{name: values[name] for name in own_names}, **built)
+
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    del command.__wrapped__  # typer must read the new signature, not the body's
+    return command
+
+
+def is_config(annotation: Any) -> bool:
+    if isinstance(annotation, inspect.Parameter):
+        annotation = annotation.annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def field_parameter(name: str, field) -> inspect.Parameter:
+    kind, default = cli_type(field.annotation), field.default
+    if default is PydanticUndefined:
+        default = field.default_factory() if field.default_factory else None
+    if is_collection(field.annotation):
+        default = None  # the field's own default applies when the option is absent
+    option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+    flags = [f"{option}/--no-{option[2:]}"] if kind is bool else [option]
+    help_text = field.description or ""
+    if is_collection(field.annotation) and field.default_factory:
+        shown = field.default_factory()
+        help_text += f" [default: {shown_default(shown)}]" if shown else ""
+    annotation = Annotated[kind, typer.Option(*flags, help=help_text)]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def shown_default(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def is_collection(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (list, dict)
+
+
+def cli_type(annotation: Any):
+    """The type typer parses for a field; unions and literals are parsed as text and
+    validated by the config model."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict):
+        return list[str] | None
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return cli_type(args[0]) | None
+        return str | None
+    if origin is typing.Literal:
+        return str
+    return annotation
+
+
+def config_values(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """The parsed options that belong to `cls`, lists split on commas, dicts from K=V."""
+    result = {}
+    for name, field in cls.model_fields.items():
+        if name not in values:
+            continue
+        value = values[name]
+        origin = typing.get_origin(field.annotation)
+        if origin in (list, dict) and value is None:
+            continue
+        if origin is list:
+            value = [part.strip() for item in value for part in item.split(",") if part.strip()]
+        elif origin is dict:
+            value = dict(key_value(item, name) for item in value)
+        result[name] = value
+    return result
+
+
+def key_value(item: str, name: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        raise LLMPruneError(f"{option} must look like 'PATTERN=0.7' or 'PATTERN=2:4', got {item!r}")
+    return key, value
