@@ -69,7 +69,8 @@ def run_ours(job: dict) -> dict:
 
 def run_ours_streamed(job: dict) -> dict:
     from llmprune.models import load_model
-    from llmprune.pipeline import prune_and_save
+    from llmprune.plans import prune_and_save, summary
+    from llmprune.pruning import make_config
 
     calibration = torch.load(job["calib"])
     options = {
@@ -80,13 +81,16 @@ def run_ours_streamed(job: dict) -> dict:
         **target_options(job["target"]),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        record = prune_and_save(
-            job["model_dir"],
-            Path(tmp) / "out",
-            options,
-            evaluate=False,
-            progress=False,
-            calibration=calibration,
+        record = summary(
+            prune_and_save(
+                job["model_dir"],
+                Path(tmp) / "out",
+                make_config(**options),
+                evaluate=False,
+                progress=False,
+                calibration=calibration,
+                echo=lambda *_: None,
+            )
         )
         pruned = load_model(record["out"])
         ppl = eval_ppl(pruned.model, job["eval"])

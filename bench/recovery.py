@@ -5,6 +5,7 @@ Fine-tuning reads the train part of the default text, perplexity the eval part (
 share no text). Prints a table and writes bench/results/recovery.json.
 
     python bench/recovery.py [--steps 60] [--eval-windows 24]
+    python bench/recovery.py --only oneshot --recoveries perp+lora   # LoRA masked vs not
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from llmprune.pruning import ModelMasks, make_config, prune
 
 RESULTS = Path(__file__).parent / "results"
 RECOVERIES = {
-    "full": ["all"],
-    "perp (biases+norms)": ["biases", "norms"],
-    "perp+lora r16": ["biases", "norms", "lora"],
+    "full": (["all"], None),
+    "perp (biases+norms)": (["biases", "norms"], None),
+    # LoRA trained dense and masked only at merge (the model trained is not the one shipped)
+    "perp+lora r16, masked at merge": (["biases", "norms", "lora"], "plain"),
+    # PERP's masked adapter W + (B·A) ⊙ M, trained as shipped (llmprune's default)
+    "perp+lora r16, masked in training": (["biases", "norms", "lora"], "masked"),
 }
 
 
@@ -36,7 +40,7 @@ def ppl(loaded, args) -> float:
     ).perplexity
 
 
-def tune(loaded, masks, parts, steps, args) -> dict:
+def tune(loaded, masks, parts, steps, args, lora_mode=None) -> dict:
     lr = args.full_lr if parts == ["all"] else args.perp_lr
     config = make_finetune_config(
         trainable=parts,
@@ -46,6 +50,7 @@ def tune(loaded, masks, parts, steps, args) -> dict:
         seqlen=args.seqlen,
         warmup_steps=max(1, steps // 10),
         lora_rank=16,
+        lora_mode=lora_mode,
     )
     model, summary = finetune(loaded.model, loaded.tokenizer, config, masks)
     loaded.model = model
@@ -68,10 +73,12 @@ def one_shot_rows(base, args) -> list[dict]:
         before = ppl(pruned, args)
         rows.append({"method": method, "sparsity": 0.5, "recovery": "none", "ppl": before})
         print(f"{method} 0.5 one-shot: {before:.2f}", flush=True)
-        for name, parts in RECOVERIES.items():
+        for name, (parts, lora_mode) in RECOVERIES.items():
+            if args.recoveries and not any(name.startswith(k) for k in args.recoveries):
+                continue
             model = copy.deepcopy(pruned)
             start = time.perf_counter()
-            summary = tune(model, masks, parts, args.steps, args)
+            summary = tune(model, masks, parts, args.steps, args, lora_mode)
             after = ppl(model, args)
             rows.append(
                 {
@@ -149,6 +156,9 @@ def main() -> None:
     parser.add_argument("--perp-lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["oneshot", "schedule"], default=None)
+    parser.add_argument(
+        "--recoveries", nargs="*", default=[], help="only recoveries whose names start so"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "recovery.json")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -161,12 +171,12 @@ def main() -> None:
     if args.only in (None, "schedule"):
         rows += schedule_rows(base, args)
     print(
-        f"\n{'method':<11}{'sparsity':>9}  {'recovery':<22}{'ppl':>9}{'trainable':>11}{'steps':>7}"
+        f"\n{'method':<11}{'sparsity':>9}  {'recovery':<36}{'ppl':>9}{'trainable':>11}{'steps':>7}"
     )
     for r in rows:
         frac = f"{r['trainable_fraction']:.3%}" if "trainable_fraction" in r else ""
         print(
-            f"{r['method']:<11}{r['sparsity']:>9}  {r['recovery']:<22}{r['ppl']:>9.2f}"
+            f"{r['method']:<11}{r['sparsity']:>9}  {r['recovery']:<36}{r['ppl']:>9.2f}"
             f"{frac:>11}{r.get('steps', ''):>7}"
         )
     write_json(

@@ -40,6 +40,29 @@ def test_eval_prints_a_table_and_writes_json(monkeypatch, capsys, tiny_model_dir
     assert len(record["layers"]) == 8
 
 
+def test_eval_writes_no_file_unless_asked(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", tiny_model_dirs["opt"], "--seqlen", 32, "--max-windows", 2]
+    code, stdout, _ = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "perplexity" in stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.real
+def test_prune_a_gguf_path_and_save(monkeypatch, capsys, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.evaluate import sparsity_summary
+    from llmprune.models.loading import default_gguf_path
+
+    out = tmp_path / "pruned"
+    args = ["prune", default_gguf_path(), "--method", "magnitude", "--sparsity", 0.5]
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *args, "--no-eval", "--out", out)
+    assert code == 0, stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert sparsity_summary(model)["prunable_sparsity"] == pytest.approx(0.5, abs=1e-4)
+
+
 def test_inspect_lists_each_layer(monkeypatch, capsys, tiny_model_dirs):
     code, stdout, _ = run_cli(monkeypatch, capsys, "inspect", tiny_model_dirs["opt"])
     assert code == 0
@@ -69,6 +92,7 @@ def test_prune_saves_a_loadable_checkpoint(monkeypatch, capsys, tiny_model_dirs,
 
     from llmprune.evaluate import sparsity_summary
     from llmprune.export.checkpoint import load_record
+    from llmprune.plans import summary as prune_summary
 
     out = tmp_path / "pruned"
     code, stdout, _ = run_cli(
@@ -95,10 +119,10 @@ def test_prune_saves_a_loadable_checkpoint(monkeypatch, capsys, tiny_model_dirs,
     summary = sparsity_summary(model)
     assert summary["prunable_sparsity"] == 0.5
     assert {layer["nm_pattern"] for layer in summary["layers"]} == {"2:4"}
-    record = load_record(out)
+    record = prune_summary(load_record(out)["steps"])
     assert record["label"] == "wanda@2:4"
     assert record["perplexity"] > 1 and record["dense_perplexity"] > 1
-    assert record["peak_rss_mb"] > 0
+    assert record["peak_rss_mb"] > 0 and record["streamed"]
 
 
 def test_prune_refuses_to_overwrite(monkeypatch, capsys, tiny_model_dirs, tmp_path):

@@ -155,3 +155,37 @@ def test_a_recipe_under_torchrun_with_two_processes(tmp_path, tiny_model_dirs):
     assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)
     record = json.loads((tmp_path / "run" / "stage-02-finetune" / "stage.json").read_text())
     assert record["finetune"]["world_size"] == 2
+
+
+def test_the_same_point_gives_the_same_perplexity_through_prune_run_and_sweep(
+    tmp_path, tiny_model_dirs
+):
+    from llmprune.plans import prune_and_save, summary
+    from llmprune.pruning import make_config
+    from llmprune.sweep import SweepConfig, run_sweep
+
+    model = str(tiny_model_dirs["llama"])
+    point = dict(method="wanda", sparsity=0.5, nsamples=4, seqlen=32)
+    quiet = dict(echo=lambda *_: None)
+    records = prune_and_save(
+        model, tmp_path / "p", make_config(**point), eval_windows=3, progress=False, **quiet
+    )
+    via_prune = summary(records)["perplexity"]
+    stages = [{"prune": point}, {"evaluate": {}}]
+    path = write_recipe(tmp_path, model, stages=stages)
+    via_run = run_recipe(load_recipe(path), tmp_path / "run", **quiet)[-1]["perplexity"]
+    sweep = SweepConfig(
+        model=model,
+        methods=["wanda"],
+        sparsity="0.5",
+        pattern=[],
+        nsamples=4,
+        seqlen=32,
+        eval_windows=3,
+    )
+    points = run_sweep(sweep, tmp_path / "sweep", **quiet)
+    via_sweep = next(p for p in points if p["method"] == "wanda")["perplexity"]
+    assert via_prune == pytest.approx(via_run, rel=1e-6)
+    assert via_prune == pytest.approx(via_sweep, rel=1e-6)
+    dense = next(p for p in points if p["method"] == "dense")["perplexity"]
+    assert summary(records)["dense_perplexity"] == pytest.approx(dense, rel=1e-6)

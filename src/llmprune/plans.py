@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from llmprune.pruning import PruneConfig
 from llmprune.run import execute_plan
 from llmprune.stages import EvalSettings, ModelState, StageContext, Step, make_steps
+from llmprune.stages.state import SharedInputs
 
 
 def prune_plan(config: PruneConfig, out: str | Path, evaluate: bool, overwrite: bool) -> list[Step]:
@@ -35,9 +38,12 @@ def prune_and_save(
     stream: bool = True,
     progress: bool = True,
     echo=print,
+    calibration: torch.Tensor | None = None,
 ) -> list[dict]:
     """Prune `model_source` one-shot into `out`, then measure dense and pruned perplexity
-    (on windows as long as the calibration's). Returns the step records."""
+    (on windows as long as the calibration's). Returns the step records.
+
+    `calibration` ([n, seqlen] token ids) replaces sampling from `config.calib`."""
     ctx = StageContext(
         data=data,
         seed=config.seed,
@@ -46,6 +52,7 @@ def prune_and_save(
         stream=stream,
         progress=progress,
         echo=echo,
+        inputs=SharedInputs(calibration),
     )
     state = ModelState(source=str(model_source), dtype=dtype)
     return execute_plan(prune_plan(config, out, evaluate, overwrite), state, ctx, Path(out))

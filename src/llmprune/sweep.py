@@ -22,7 +22,7 @@ from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig, make_finetune_config
 from llmprune.io import write_json
 from llmprune.models import LoadedModel, load_model
-from llmprune.pruning.amounts import NM, parse_amount
+from llmprune.pruning.amounts import parse_amount, parse_pattern
 from llmprune.pruning.config import amount_options, checked, make_config
 from llmprune.run import execute_plan
 from llmprune.stages import EvalSettings, ModelState, StageContext, Step, make_steps
@@ -84,8 +84,7 @@ class SweepConfig(BaseModel):
     @classmethod
     def valid_patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
-            if not isinstance(checked(parse_amount, pattern), NM):
-                raise ValueError(f"N:M pattern must look like 2:4, got {pattern!r}")
+            checked(parse_pattern, pattern)
         return value
 
     @property

@@ -10,14 +10,13 @@ from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.evaluate import sparsity_summary
 from llmprune.export import load_masks, save_pruned
-from llmprune.models import LoadedModel
-from llmprune.models import find_layout, weight_matrix
+from llmprune.models import LoadedModel, find_layout, weight_matrix
 from llmprune.models.layout import ModelLayout
 from llmprune.pruning import ModelMasks, make_config, prune
+from llmprune.pruning.amounts import Sparsity
 from llmprune.pruning.methods import METHODS
 from llmprune.pruning.sequential import capture_block_inputs, walk_blocks
 from llmprune.pruning.statistics import InputNorms
-from llmprune.pruning.amounts import Sparsity
 from tests.conftest import FAMILIES, VOCAB, build_tiny
 
 

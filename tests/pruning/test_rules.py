@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
+from llmprune.pruning.amounts import NM, Sparsity, parse_pattern
 from llmprune.pruning.magnitude import magnitude_prune
 from llmprune.pruning.selection import nm_mask, unstructured_mask
 from llmprune.pruning.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from llmprune.pruning.statistics import Hessian, InputNorms
-from llmprune.pruning.amounts import NM, Sparsity, parse_pattern
 from llmprune.pruning.wanda import wanda_prune
 
 

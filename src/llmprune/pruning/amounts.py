@@ -81,7 +81,6 @@ def parse_amount(value: float | str | Amount) -> Amount:
 
 def parse_pattern(text: str) -> NM:
     """An amount that must be N:M ("2:4")."""
-    amount = parse_amount(text)
-    if not isinstance(amount, NM):
+    if not isinstance(text, str) or ":" not in text:
         raise LLMPruneError(f"N:M pattern must look like 2:4, got {text!r}")
-    return amount
+    return parse_amount(text)

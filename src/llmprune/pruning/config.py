@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmprune.errors import LLMPruneError, validated
-from llmprune.pruning.amounts import NM, Amount, parse_amount
+from llmprune.pruning.amounts import NM, Amount, parse_amount, parse_pattern
 from llmprune.pruning.methods import METHODS
 
 
@@ -65,8 +65,8 @@ class PruneConfig(BaseModel):
     @field_validator("pattern")
     @classmethod
     def pattern_is_nm(cls, value: str | None) -> str | None:
-        if value is not None and not isinstance(checked(parse_amount, value), NM):
-            raise ValueError(f"N:M pattern must look like 2:4, got {value!r}")
+        if value is not None:
+            checked(parse_pattern, value)
         return value
 
     @field_validator("overrides")

@@ -86,8 +86,9 @@ class SharedInputs:
     run through `prune`, `run` or `sweep` sees the same tokens.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, calibration: torch.Tensor | None = None) -> None:
         self.memo: dict[tuple, object] = {}
+        self.fixed_calibration = calibration  # given token windows replace any sampling
 
     def get(self, key: tuple, make: Callable[[], object]):
         if key not in self.memo:
@@ -97,6 +98,8 @@ class SharedInputs:
     def calibration(self, tokenizer, config, context: int | None) -> torch.Tensor:
         from llmprune.data import calibration_sample
 
+        if self.fixed_calibration is not None:
+            return self.fixed_calibration
         key = (
             "calibration",
             tokenizer_key(tokenizer),
