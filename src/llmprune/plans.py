@@ -46,7 +46,6 @@ def prune_and_save(
     `calibration` ([n, seqlen] token ids) replaces sampling from `config.calib`."""
     ctx = StageContext(
         data=data,
-        seed=config.seed,
         device=config.device,
         eval=EvalSettings(seqlen=config.seqlen, max_windows=eval_windows, after_each=False),
         stream=stream,

@@ -69,7 +69,6 @@ class Recipe(BaseModel):
     def context(self, **services) -> StageContext:
         return StageContext(
             data=self.data,
-            seed=self.seed,
             device=self.device,
             eval=self.eval,
             stream=self.stream,

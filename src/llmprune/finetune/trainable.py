@@ -56,14 +56,6 @@ def trainable_names(model: nn.Module, parts: list[str]) -> set[str]:
     return chosen
 
 
-def set_trainable(model: nn.Module, parts: list[str]) -> dict[str, int]:
-    """Freeze everything but `parts`; return how many parameters train and in total."""
-    names = trainable_names(model, parts)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in names)
-    return count_trainable(model)
-
-
 def count_trainable(model: nn.Module) -> dict[str, int]:
     unique = {id(p): p for p in model.parameters()}.values()
     total = sum(p.numel() for p in unique)

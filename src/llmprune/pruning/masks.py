@@ -148,9 +148,3 @@ class ModelMasks:
                 raise LLMPruneError(f"corrupt mask file {path}: {name} does not match its shape")
             masks.packed[name], masks.shapes[name] = bits, tuple(shape)
         return masks
-
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, names: list[str]) -> ModelMasks:
-        """Masks that keep exactly the non-zero weights of the named layers."""
-        modules = find_layout(model).linears()
-        return cls({name: weight_matrix(modules[name]) != 0 for name in names})

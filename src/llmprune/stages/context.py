@@ -34,7 +34,6 @@ class StageContext:
     """
 
     data: str = "pydoc"
-    seed: int = 0
     device: str = "cpu"
     eval: EvalSettings = field(default_factory=EvalSettings)
     stream: bool = True

@@ -1,0 +1,65 @@
+"""Selection: exact counts per row, N:M groups, existing zeros kept."""
+
+import torch
+
+from llmprune.pruning.amounts import NM, Sparsity
+from llmprune.pruning.magnitude import magnitude_prune
+from llmprune.pruning.selection import nm_mask, unstructured_mask
+from llmprune.pruning.sparsegpt import sparsegpt_prune
+from llmprune.pruning.statistics import Hessian, InputNorms
+from llmprune.pruning.wanda import wanda_prune
+
+
+def correlated_inputs(tokens=2048, features=96, seed=0):
+    """Activations with outlier channels and correlations, like a transformer's."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(tokens, features // 4, generator=g)
+    mix = torch.randn(features // 4, features, generator=g)
+    x = base @ mix + 0.3 * torch.randn(tokens, features, generator=g)
+    x[:, :3] *= 20.0  # outlier features
+    return x
+
+
+def layer_case(seed=0, rows=64, features=96):
+    g = torch.Generator().manual_seed(seed + 100)
+    weight = torch.randn(rows, features, generator=g)
+    x = correlated_inputs(features=features, seed=seed)
+    norms, hessian = InputNorms(features, "L"), Hessian(features, "L")
+    for chunk in x.split(500):
+        norms.add_batch(chunk)
+        hessian.add_batch(chunk)
+    return weight, x, norms, hessian
+
+
+def all_methods(weight, norms, hessian, target, existing=None):
+    return {
+        "magnitude": magnitude_prune(weight, target, existing),
+        "wanda": wanda_prune(weight, norms.norms, target, existing),
+        "sparsegpt": sparsegpt_prune(weight, hessian.matrix, target, existing, blocksize=32),
+    }
+
+
+def test_existing_masks_stay_pruned_and_nest():
+    weight, _, norms, hessian = layer_case(seed=2)
+    for name in ("magnitude", "wanda", "sparsegpt"):
+        first = all_methods(weight, norms, hessian, Sparsity(0.3))[name][0]
+        weight_after = weight * first
+        second = all_methods(weight_after, norms, hessian, Sparsity(0.6), first)[name][0]
+        assert torch.all(second <= first), name  # pruned before => pruned now
+        assert int((~second).sum()) == round(weight.numel() * 0.6), name
+
+
+def test_per_row_selection_is_exact_with_a_remainder():
+    scores = torch.rand(7, 10)
+    mask = unstructured_mask(scores, 0.33, per_row=True)
+    assert int((~mask).sum()) == round(70 * 0.33)
+    assert set((~mask).sum(1).tolist()) <= {3, 4}
+
+
+def test_nm_mask_keeps_existing_zeros():
+    scores = torch.rand(4, 8)
+    existing = torch.ones(4, 8, dtype=torch.bool)
+    existing[:, :3] = False  # three zeros already in the first group of 4
+    mask = nm_mask(scores, NM(2, 4), existing)
+    assert not mask[:, :3].any()
+    assert int(mask[:, 4:].sum(1).max()) == 2
