@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -291,6 +292,9 @@ def number(value: float | None) -> str:
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # library deprecation notices are for their developers, not for someone pruning a model
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 

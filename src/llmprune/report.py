@@ -16,7 +16,7 @@ from pathlib import Path
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_json, write_text
 from llmprune.pruning.amounts import parse_pattern
-from llmprune.pruning.config import METHODS
+from llmprune.pruning.methods import METHODS
 
 COLUMNS = [
     "method",

@@ -24,6 +24,7 @@ from llmprune.io import write_json
 from llmprune.models import LoadedModel, load_model
 from llmprune.pruning.amounts import parse_amount, parse_pattern
 from llmprune.pruning.config import amount_options, checked, make_config
+from llmprune.pruning.methods import METHODS
 from llmprune.run import execute_plan
 from llmprune.stages import EvalSettings, ModelState, StageContext, Step, make_steps
 from llmprune.stages.state import SharedInputs
@@ -57,7 +58,7 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(default="smollm2", description="Hub id, directory, .gguf or smollm2.")
     methods: list[str] = Field(
-        default=["magnitude", "wanda", "sparsegpt"], description="Methods to sweep."
+        default_factory=lambda: list(METHODS), description="Methods to sweep."
     )
     sparsity: str = Field(default="0.1:0.8:0.1", description="START:STOP:STEP or a,b,c")
     pattern: list[str] = Field(default=["2:4", "4:8"], description="N:M patterns.")
@@ -73,6 +74,14 @@ class SweepConfig(BaseModel):
     )
     recover_steps: int = Field(default=30, ge=1, description="Recovery steps per point.")
     recover_lr: float = Field(default=5e-4, gt=0, description="Recovery learning rate.")
+
+    @field_validator("methods")
+    @classmethod
+    def known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; choose one of {', '.join(METHODS)}")
+        return value
 
     @field_validator("sparsity")
     @classmethod
@@ -120,7 +129,7 @@ class SweepConfig(BaseModel):
         for method in self.methods:
             points += [{"method": method, "target": f"{s:g}", "sparsity": s} for s in sparsities]
             points += [{"method": method, "target": p, "pattern": p} for p in self.pattern]
-            if self.owl and method != "magnitude":
+            if self.owl and METHODS[method].needs_calibration:  # OWL beside Wanda/SparseGPT
                 points += [
                     {"method": method, "target": f"{s:g}", "sparsity": s, "allocation": "owl"}
                     for s in sparsities
