@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
+from llmprune.pruning.config import amount_options
+from llmprune.pruning.methods import METHODS
+
 RESULTS = Path(__file__).parent / "results"
-OURS = ["magnitude", "wanda", "sparsegpt"]
+OURS = list(METHODS)
 PEER = ["wanda", "sparsegpt"]
-
-
-def target_options(target: str) -> dict:
-    return {"pattern": target} if ":" in target else {"sparsity": float(target)}
 
 
 def eval_ppl(model, windows_path: str) -> float:
@@ -53,7 +52,7 @@ def run_ours(job: dict) -> dict:
         allocation=job.get("allocation", "uniform"),
         nsamples=calibration.shape[0],
         seqlen=calibration.shape[1],
-        **target_options(job["target"]),
+        **amount_options(job["target"]),
     )
     start = time.perf_counter()
     result = prune(loaded.model, calibration=calibration, config=config, progress=False)
@@ -78,7 +77,7 @@ def run_ours_streamed(job: dict) -> dict:
         "allocation": job.get("allocation", "uniform"),
         "nsamples": calibration.shape[0],
         "seqlen": calibration.shape[1],
-        **target_options(job["target"]),
+        **amount_options(job["target"]),
     }
     with tempfile.TemporaryDirectory() as tmp:
         record = summary(

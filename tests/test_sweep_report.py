@@ -64,7 +64,7 @@ def test_sweep_writes_tables_and_plots_and_reruns_for_free(tmp_path, tiny_model_
     wanda_06 = [
         r
         for r in table
-        if r["method"] == "wanda" and r["target"] == "0.6" and r["allocation"] == "uniform"
+        if r["method"] == "wanda" and r["amount"] == "0.6" and r["allocation"] == "uniform"
     ]
     assert wanda_06[0]["sparsity"] == pytest.approx(0.6, abs=1e-3)
     assert "| wanda | owl | 0.6 |" in (out / "results.md").read_text()
@@ -106,9 +106,9 @@ def test_sweep_with_recovery_keeps_masks_and_reports_both(tmp_path, tiny_model_d
 
 
 def test_report_columns_and_zero_shot_error_bars():
-    def point(method, target, ppl, accs, **extra):
+    def point(method, amount, ppl, accs, **extra):
         zero = {task: {"acc": acc, "sample_len": 101} for task, acc in accs.items()}
-        return {"method": method, "target": target, "perplexity": ppl, "zero_shot": zero, **extra}
+        return {"method": method, "amount": amount, "perplexity": ppl, "zero_shot": zero, **extra}
 
     points = [
         point("dense", "0", 20.0, {"a": 0.5, "b": 0.7}, sparsity=0.0),

@@ -189,7 +189,7 @@ def run_command(
         table.add_row(
             str(line["step"]),
             line["label"],
-            f"{line['perplexity']:.3f}",
+            number(line.get("perplexity")),
             f"{line['sparsity']:.2%}",
             f"{line['seconds']:.1f}",
         )

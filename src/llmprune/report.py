@@ -21,7 +21,7 @@ from llmprune.pruning.methods import METHODS
 COLUMNS = [
     "method",
     "allocation",
-    "target",
+    "amount",
     "sparsity",
     "perplexity",
     "ppl_vs_dense",
@@ -30,6 +30,11 @@ COLUMNS = [
 ]
 RECOVERED_COLUMNS = ["ppl_recovered", "zero_shot_acc_recovered"]
 PATTERN_MARKERS = {"2:4": "*", "4:8": "X"}
+
+
+def point_amount(point: dict) -> str:
+    """A point's amount ("0.5", "2:4"); sweeps written before 2026-11 called it "target"."""
+    return point.get("amount", point.get("target"))
 
 
 def zero_shot_acc(point: dict) -> float | None:
@@ -103,7 +108,7 @@ def rows(points: list[dict]) -> list[dict]:
         row = {
             "method": p["method"],
             "allocation": p.get("allocation", "uniform"),
-            "target": p["target"],
+            "amount": point_amount(p),
             "sparsity": p.get("sparsity_measured", p.get("sparsity", 0.5)),
             "perplexity": p["perplexity"],
             "ppl_vs_dense": p["perplexity"] / dense if dense else None,
@@ -289,7 +294,7 @@ def plot_owl(points: list[dict], path: Path) -> Path | None:
     for p in sorted(owl, key=lambda p: (p["method"], p["sparsity"])):
         blocks = p["block_sparsity"]
         (line,) = axis.plot(
-            range(len(blocks)), blocks, marker=".", label=f"{p['method']}, mean {p['target']}"
+            range(len(blocks)), blocks, marker=".", label=f"{p['method']}, mean {point_amount(p)}"
         )
         axis.axhline(p["sparsity"], color=line.get_color(), linestyle=":", linewidth=1)
     axis.set_xlabel("decoder block")
@@ -375,7 +380,8 @@ def render_report(directory: str | Path) -> Path:
 
 def plot_run(log: list[dict], path: Path) -> Path:
     figure, axis = new_figure((7, 4))
-    axis.plot([r["step"] for r in log], [r["perplexity"] for r in log], marker="o")
+    measured = [r for r in log if r.get("perplexity") is not None]
+    axis.plot([r["step"] for r in measured], [r["perplexity"] for r in measured], marker="o")
     axis.set_xticks(
         [r["step"] for r in log], [r["label"] for r in log], rotation=30, ha="right", fontsize=7
     )

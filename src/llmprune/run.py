@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 
 from llmprune.errors import LLMPruneError
-from llmprune.export.checkpoint import RECORD_FILE, load_masks, write_checkpoint
+from llmprune.export.checkpoint import RECORD_FILE, STAGE_FILE, load_masks, write_checkpoint
 from llmprune.io import write_directory, write_json, write_text
 from llmprune.pruning import ModelMasks
 from llmprune.recipe import Recipe, plan
 from llmprune.stages import ModelState, StageContext, Step
-from llmprune.stages.evaluate import measure
+from llmprune.stages.evaluate import measure_state
 
-STAGE_FILE = "stage.json"
 RECIPE_FILE = "recipe.json"
 LOG_FILE = "log.jsonl"
 
@@ -39,11 +38,14 @@ LOG_FILE = "log.jsonl"
 def run_step(index: int, step: Step, state: ModelState, ctx: StageContext) -> dict:
     """Execute one step on `state`; return its record."""
     start = time.perf_counter()
-    report = step.spec.execute(step.config, state, ctx)
+    if step.spec.main_only and not ctx.is_main:
+        report = {"skipped": "not the main process"}
+    else:
+        report = step.spec.execute(step.config, state, ctx)
     record = {"step": index + 1, "kind": step.kind, "label": step.label, **report}
     if step.spec.changes_model and ctx.eval.after_each:
-        record.update(measure(state.load(), ctx.eval, ctx))
-    record["sparsity"] = state.masks.sparsity()
+        record.update(measure_state(state, ctx.eval, ctx))
+    record.setdefault("sparsity", state.masks.sparsity())
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -62,8 +64,8 @@ def execute_plan(
     `scratch_near` when given, so that a save stage can move files by renaming)."""
     check_plan(steps, state)
     parent = Path(scratch_near).resolve().parent if scratch_near is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
+    if parent is not None and not parent.is_dir():
+        parent = None  # never create the user's directories before the work succeeds
     with tempfile.TemporaryDirectory(prefix=".llmprune-scratch-", dir=parent) as scratch:
         ctx.scratch_root = Path(scratch)
         for index, step in enumerate(steps):
@@ -160,11 +162,12 @@ def run_recipe(
     done = finished_steps(root, steps)
     if process.is_main_process:
         rebuild_log(root, steps, done)
+    process.wait_for_everyone()
     if done:
         echo(f"resuming after step {done} of {len(steps)}")
     state = starting_state(root, recipe, steps, done)
     check_plan(steps[done:], state)
-    ctx = recipe.context(echo=echo, progress=progress)
+    ctx = recipe.context(echo=echo, progress=progress, is_main=process.is_main_process)
     ctx.log = read_log(root)
     for index in range(done, len(steps)):
         step = steps[index]
@@ -174,8 +177,8 @@ def run_recipe(
             ctx.scratch_root = Path(scratch)
             record = write_step(directory, index, step, state, ctx, process.is_main_process)
         process.wait_for_everyone()
-        if state.path is not None and not state.path.exists():
-            state.path = directory  # the step's files moved into place
+        if step.spec.changes_model:
+            state.path = directory  # the main process saved the step's model there
         ctx.log.append(record)
         if process.is_main_process:
             with open(root / LOG_FILE, "a") as handle:
@@ -201,9 +204,9 @@ def write_step(
             record.update(run_step(index, step, state, ctx))
         finally:
             ctx.workdir = None
-        if step.spec.changes_model and state.path != tmp:  # not already written (streamed)
+        written = state.path == tmp  # a streamed prune wrote its checkpoint here
+        if step.spec.changes_model and main and not written:
             write_checkpoint(tmp, state.load(), state.masks)
-            state.path = tmp
         write_json(tmp / STAGE_FILE, record)
 
     if main:

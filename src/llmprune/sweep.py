@@ -22,6 +22,7 @@ from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig, make_finetune_config
 from llmprune.io import write_json
 from llmprune.models import LoadedModel, load_model
+from llmprune.models.loading import resolve_source
 from llmprune.pruning.amounts import parse_amount, parse_pattern
 from llmprune.pruning.config import amount_options, checked, make_config
 from llmprune.pruning.methods import METHODS
@@ -74,6 +75,13 @@ class SweepConfig(BaseModel):
     )
     recover_steps: int = Field(default=30, ge=1, description="Recovery steps per point.")
     recover_lr: float = Field(default=5e-4, gt=0, description="Recovery learning rate.")
+    stream: bool = Field(
+        default=False,
+        description="Prune and evaluate each point block by block from disk (models larger "
+        "than memory; each point re-reads the checkpoint).",
+    )
+    dtype: str = Field(default="float32", description="float32 | bfloat16 | float16")
+    device: str = Field(default="cpu", description="cpu | cuda | cuda:N")
 
     @field_validator("methods")
     @classmethod
@@ -106,6 +114,7 @@ class SweepConfig(BaseModel):
             learning_rate=self.recover_lr,
             data=self.calib,
             seqlen=self.seqlen,
+            device=self.device,
         )
 
     def settings(self) -> dict:
@@ -124,14 +133,14 @@ class SweepConfig(BaseModel):
 
     def points(self) -> list[dict]:
         """Every (method, amount, allocation) point, dense first; bad ones refused now."""
-        points = [{"method": "dense", "target": "0", "sparsity": 0.0}]
+        points = [{"method": "dense", "amount": "0", "sparsity": 0.0}]
         sparsities = parse_range(self.sparsity)
         for method in self.methods:
-            points += [{"method": method, "target": f"{s:g}", "sparsity": s} for s in sparsities]
-            points += [{"method": method, "target": p, "pattern": p} for p in self.pattern]
+            points += [{"method": method, "amount": f"{s:g}", "sparsity": s} for s in sparsities]
+            points += [{"method": method, "amount": p, "pattern": p} for p in self.pattern]
             if self.owl and METHODS[method].needs_calibration:  # OWL beside Wanda/SparseGPT
                 points += [
-                    {"method": method, "target": f"{s:g}", "sparsity": s, "allocation": "owl"}
+                    {"method": method, "amount": f"{s:g}", "sparsity": s, "allocation": "owl"}
                     for s in sparsities
                 ]
         for point in points[1:]:
@@ -144,6 +153,7 @@ class SweepConfig(BaseModel):
             calib=self.calib,
             nsamples=self.nsamples,
             seqlen=self.seqlen,
+            device=self.device,
             allocation=point.get("allocation", "uniform"),
             **amount_options(point.get("pattern") or point["sparsity"]),
         )
@@ -164,12 +174,19 @@ class SweepConfig(BaseModel):
             zero_shot_limit=self.zero_shot_limit,
             after_each=False,
         )
-        return StageContext(data=self.calib, eval=settings, stream=False, inputs=inputs, echo=echo)
+        return StageContext(
+            data=self.calib,
+            device=self.device,
+            eval=settings,
+            stream=self.stream,
+            inputs=inputs,
+            echo=echo,
+        )
 
 
-def point_name(method: str, target: str, allocation: str = "uniform") -> str:
+def point_name(method: str, amount: str, allocation: str = "uniform") -> str:
     owl = "+owl" if allocation == "owl" else ""
-    return f"{method}{owl}@{target}".replace(":", "of")
+    return f"{method}{owl}@{amount}".replace(":", "of")
 
 
 def check_results_dir(out: Path, config: SweepConfig) -> None:
@@ -189,10 +206,9 @@ def check_results_dir(out: Path, config: SweepConfig) -> None:
                 raise LLMPruneError(
                     f"{out} was swept with {key}={was}, not {now}; use another --out"
                 )
-        return
-    if out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()):
         raise LLMPruneError(f"{out} is not empty and holds no sweep")
-    write_json(marker, {**settings, "config": config.model_dump()})
+    write_json(marker, {**settings, "config": config.model_dump()})  # the latest invocation
 
 
 def shown(setting) -> str:
@@ -210,20 +226,21 @@ def run_sweep(config: SweepConfig, out: str | Path, echo=print) -> list[dict]:
     """
     out = Path(out)
     points = config.points()
+    resolve_source(config.model)  # a missing model is refused before anything is written
     check_results_dir(out, config)
-    dense = load_model(config.model)
+    dense = None if config.stream else load_model(config.model, config.dtype)
     inputs = SharedInputs()
     for point in points:
-        name = point_name(point["method"], point["target"], point.get("allocation", "uniform"))
+        name = point_name(point["method"], point["amount"], point.get("allocation", "uniform"))
         path = out / "points" / f"{name}.json"
         if path.is_file():
             continue
-        echo(f"{point['method']} {point['target']} {point.get('allocation', '')}".rstrip())
-        state = ModelState(
-            source=config.model,
-            loaded=LoadedModel(copy.deepcopy(dense.model), dense.tokenizer, dense.source),
-        )
-        records = execute_plan(config.plan(point), state, config.context(inputs, silent))
+        echo(f"{point['method']} {point['amount']} {point.get('allocation', '')}".rstrip())
+        state = ModelState(source=config.model, dtype=config.dtype)
+        if dense is not None:  # each point prunes its own copy of the dense model
+            state.loaded = LoadedModel(copy.deepcopy(dense.model), dense.tokenizer, dense.source)
+        context = config.context(inputs, silent)
+        records = execute_plan(config.plan(point), state, context, scratch_near=out)
         write_json(path, point_record(point, records))
     return load_points(out)
 

@@ -4,21 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llmprune.data import calibration_windows
 from llmprune.evaluate import sparsity_summary
 from llmprune.export import load_masks, save_pruned
 from llmprune.models import LoadedModel
 from llmprune.pruning import prune
 from tests.conftest import build_tiny
-
-
-def windows(count=8, seqlen=32, seed=0):
-    return calibration_windows(
-        torch.randint(0, 500, (4000,), generator=torch.Generator().manual_seed(seed)),
-        count,
-        seqlen,
-        seed,
-    )
+from tests.pruning.cases import windows
 
 
 def test_saved_model_reloads_to_the_same_logits_and_masks(tmp_path, tiny_tokenizer):

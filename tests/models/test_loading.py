@@ -115,16 +115,15 @@ def test_gguf_is_converted_once_per_distinct_file(tmp_path, monkeypatch, caplog)
     first.write_bytes(b"GGUF one")
     second.write_bytes(b"GGUF two")
     with caplog.at_level(logging.WARNING, logger=loading.__name__):
-        location, gguf_file = resolve_source(str(first))
-    assert gguf_file is None
+        location = resolve_source(str(first))
     assert Path(location).parent == tmp_path / "cache"
     assert "converting a.gguf" in caplog.text
-    assert resolve_source(str(first)) == (location, None)
+    assert resolve_source(str(first)) == location
     assert len(calls) == 1
-    assert resolve_source(str(second))[0] != location
+    assert resolve_source(str(second)) != location
     first.write_bytes(b"GGUF changed")
     os.utime(first, ns=(1, 1))
-    assert resolve_source(str(first))[0] != location
+    assert resolve_source(str(first)) != location
     assert len(calls) == 3
 
 
@@ -148,13 +147,12 @@ def test_failed_conversion_leaves_no_cache_entry(tmp_path, monkeypatch):
 @pytest.mark.real
 def test_real_gguf_path_resolves_to_a_saveable_cached_copy(tmp_path):
     gguf = default_gguf_path()
-    location, gguf_file = resolve_source(str(gguf))
+    location = resolve_source(str(gguf))
     directory = Path(location)
-    assert gguf_file is None
     assert directory.parent == cache_dir()
     assert (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
     stamp = (directory / "config.json").stat().st_mtime_ns
-    assert resolve_source(str(gguf)) == (location, None)
+    assert resolve_source(str(gguf)) == location
     assert (directory / "config.json").stat().st_mtime_ns == stamp
     loaded = load_model(str(gguf), dtype="bfloat16")
     assert "quantization_config" not in loaded.model.config.to_dict()

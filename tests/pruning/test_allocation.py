@@ -3,20 +3,11 @@
 import pytest
 import torch
 
-from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_layout, weight_matrix
 from llmprune.pruning import prune
 from tests.conftest import build_tiny
-
-
-def windows(count=8, seqlen=32, seed=0):
-    return calibration_windows(
-        torch.randint(0, 500, (4000,), generator=torch.Generator().manual_seed(seed)),
-        count,
-        seqlen,
-        seed,
-    )
+from tests.pruning.cases import windows
 
 
 def test_targets_ignore_and_overrides():

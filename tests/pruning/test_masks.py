@@ -3,19 +3,10 @@
 import pytest
 import torch
 
-from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.pruning import ModelMasks, prune
 from tests.conftest import build_tiny
-
-
-def windows(count=8, seqlen=32, seed=0):
-    return calibration_windows(
-        torch.randint(0, 500, (4000,), generator=torch.Generator().manual_seed(seed)),
-        count,
-        seqlen,
-        seed,
-    )
+from tests.pruning.cases import windows
 
 
 def test_existing_masks_nest_across_steps():

@@ -4,22 +4,12 @@ import types
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_layout, weight_matrix
 from llmprune.pruning import prune
 from tests.conftest import FAMILIES, VOCAB, build_tiny
-
-
-def windows(count=8, seqlen=32, seed=0):
-    return calibration_windows(
-        torch.randint(0, 500, (4000,), generator=torch.Generator().manual_seed(seed)),
-        count,
-        seqlen,
-        seed,
-    )
+from tests.pruning.cases import windows
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,28 +33,6 @@ def test_every_family_prunes_to_the_exact_sparsity(family, options):
         assert abs(zeros - round(weight_matrix(module).numel() * fraction)) <= 1, name
     logits = model(input_ids=windows(1)).logits
     assert torch.isfinite(logits).all()
-
-
-def sliding_window_model(name: str) -> torch.nn.Module:
-    """A model whose layers get different attention masks (full vs sliding window)."""
-    from transformers import Gemma2Config, Qwen2Config
-
-    small = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        sliding_window=6,
-    )
-    configs = {
-        "qwen2-sliding": Qwen2Config(use_sliding_window=True, max_window_layers=2, **small),
-        "gemma2": Gemma2Config(head_dim=8, **small),
-    }
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs[name]).eval()
 
 
 class OutputObjectModel(torch.nn.Module):

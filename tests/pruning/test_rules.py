@@ -4,39 +4,7 @@ import pytest
 import torch
 
 from llmprune.pruning.amounts import NM, Sparsity, parse_pattern
-from llmprune.pruning.magnitude import magnitude_prune
-from llmprune.pruning.sparsegpt import sparsegpt_prune
-from llmprune.pruning.statistics import Hessian, InputNorms
-from llmprune.pruning.wanda import wanda_prune
-
-
-def correlated_inputs(tokens=2048, features=96, seed=0):
-    """Activations with outlier channels and correlations, like a transformer's."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(tokens, features // 4, generator=g)
-    mix = torch.randn(features // 4, features, generator=g)
-    x = base @ mix + 0.3 * torch.randn(tokens, features, generator=g)
-    x[:, :3] *= 20.0  # outlier features
-    return x
-
-
-def layer_case(seed=0, rows=64, features=96):
-    g = torch.Generator().manual_seed(seed + 100)
-    weight = torch.randn(rows, features, generator=g)
-    x = correlated_inputs(features=features, seed=seed)
-    norms, hessian = InputNorms(features, "L"), Hessian(features, "L")
-    for chunk in x.split(500):
-        norms.add_batch(chunk)
-        hessian.add_batch(chunk)
-    return weight, x, norms, hessian
-
-
-def all_methods(weight, norms, hessian, target, existing=None):
-    return {
-        "magnitude": magnitude_prune(weight, target, existing),
-        "wanda": wanda_prune(weight, norms.norms, target, existing),
-        "sparsegpt": sparsegpt_prune(weight, hessian.matrix, target, existing, blocksize=32),
-    }
+from tests.pruning.cases import all_methods, layer_case
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.37, 0.5, 0.7, 0.9])
@@ -61,7 +29,7 @@ def test_nm_groups_hold_at_most_n_nonzeros(pattern):
 
 def test_reconstruction_error_orders_sparsegpt_wanda_magnitude():
     weight, x, norms, hessian = layer_case(seed=1)
-    for target in (Sparsity(0.5), NM(2, 4)):
-        results = all_methods(weight, norms, hessian, target)
+    for amount in (Sparsity(0.5), NM(2, 4)):
+        results = all_methods(weight, norms, hessian, amount)
         errors = {k: float((x @ weight.t() - x @ w.t()).norm()) for k, (_, w) in results.items()}
-        assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], (target, errors)
+        assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], (amount, errors)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llmprune.data import calibration_windows
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_layout, weight_matrix
 from llmprune.models.layout import ModelLayout
@@ -16,15 +15,7 @@ from llmprune.pruning.methods import METHODS
 from llmprune.pruning.sequential import capture_block_inputs, walk_blocks
 from llmprune.pruning.statistics import InputNorms
 from tests.conftest import FAMILIES, VOCAB, build_tiny
-
-
-def windows(count=8, seqlen=32, seed=0):
-    return calibration_windows(
-        torch.randint(0, 500, (4000,), generator=torch.Generator().manual_seed(seed)),
-        count,
-        seqlen,
-        seed,
-    )
+from tests.pruning.cases import windows
 
 
 def sliding_window_model(name: str) -> torch.nn.Module:

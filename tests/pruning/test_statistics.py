@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
-from llmprune.pruning.sparsegpt import inverse_hessian_factor
-from llmprune.pruning.statistics import Hessian, InputNorms
+from llmprune.pruning.statistics import Hessian, InputNorms, inverse_hessian_factor
 
 
 def test_statistics_refuse_nan_activations():

@@ -33,7 +33,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def window_nll(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of each window in a batch, in float64 for exact totals."""
-    logits = model(input_ids=batch, use_cache=False).logits
+    return logits_nll(model(input_ids=batch, use_cache=False).logits, batch)
+
+
+def logits_nll(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of each window, given the logits the model gave it."""
     shift_logits = logits[:, :-1, :].float()
     targets = batch[:, 1:]
     losses = F.cross_entropy(
@@ -67,6 +71,12 @@ def perplexity(
         total_nll += float(window_nll(model, batch).sum())
         total_tokens += batch.size(0) * (batch.size(1) - 1)
     model.train(was_training)
+    return perplexity_result(total_nll, total_tokens, windows, start)
+
+
+def perplexity_result(
+    total_nll: float, total_tokens: int, windows: torch.Tensor, start: float
+) -> PerplexityResult:
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
         raise LLMPruneError("the model's loss is not finite (NaN/Inf in its weights or outputs)")

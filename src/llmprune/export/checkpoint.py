@@ -13,7 +13,8 @@ from llmprune.errors import LLMPruneError
 from llmprune.io import write_directory, write_json
 from llmprune.pruning.masks import MASKS_FILE, ModelMasks
 
-RECORD_FILE = "llmprune.json"
+RECORD_FILE = "llmprune.json"  # how a checkpoint was made: the run's step records
+STAGE_FILE = "stage.json"  # one step's record inside a run directory
 
 
 def check_output_path(out: str | Path, source: str | Path | None, overwrite: bool) -> Path:

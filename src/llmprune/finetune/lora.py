@@ -80,12 +80,16 @@ def mask_adapters(peft_model: nn.Module, masks: ModelMasks) -> int:
 
 
 def masked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """The base layer with weight W + (B·A) ⊙ M: one matmul, pruned positions stay 0."""
+    """The base layer with weight W + (B·A) ⊙ M: one matmul, pruned positions stay 0.
+
+    (peft keeps adapters in float32; the delta takes the base weight's dtype. LoRA
+    dropout is not applied here: llmprune trains adapters without it.)"""
     adapters = [a for a in self.active_adapters if a in self.lora_A]
     if self.disable_adapters or self.merged or not adapters:
         return type(self).forward(self, x, *args, **kwargs)
-    delta = sum(self.get_delta_weight(adapter) for adapter in adapters)
-    weight = self.base_layer.weight + delta.masked_fill(self.llmprune_pruned, 0.0)
+    base = self.base_layer.weight
+    delta = sum(self.get_delta_weight(adapter) for adapter in adapters).to(base.dtype)
+    weight = base + delta.masked_fill(self.llmprune_pruned, 0.0)
     return torch.func.functional_call(self.base_layer, {"weight": weight}, (x, *args), kwargs)
 
 
@@ -114,6 +118,16 @@ def untie_head(model: nn.Module, head: nn.Module) -> None:
 
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def refresh_adapter_masks(model: nn.Module, masks: ModelMasks) -> None:
+    """After a prune of a model with masked adapters, the adapters follow the new masks."""
+    if not is_peft(model):
+        return
+    for name, module in lora_modules(model).items():
+        if hasattr(module, "llmprune_pruned") and name in masks:
+            pruned = ~storage_mask(module.base_layer, masks[name])
+            module.llmprune_pruned = pruned.to(module.llmprune_pruned.device)
 
 
 def save_with_adapter(model: nn.Module, directory: Path) -> None:

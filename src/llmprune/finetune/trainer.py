@@ -148,14 +148,17 @@ def finetune(
     masked_adapters = 0
     if config.uses_lora:
         if is_peft(model):
-            raise LLMPruneError("the model already has unmerged LoRA adapters; merge them first")
+            raise LLMPruneError(
+                "the model already has unmerged LoRA adapters: train them with trainable "
+                "[all], or merge them (merge_lora: true) in the stage that added them"
+            )
         targets = lora_targets(model, masks, config)
         train_model = add_lora(model, targets, config.lora_rank, config.lora_alpha)
         if config.masked_lora:
             masked_adapters = mask_adapters(train_model, masks)
     # peft freezes the base model; PERP parts chosen beside LoRA train again (same tensors)
     for name, param in train_model.named_parameters():
-        param.requires_grad_(id(param) in keep or "lora_" in name)
+        param.requires_grad_(id(param) in keep or (config.uses_lora and "lora_" in name))
     counts = count_trainable(train_model)
     callbacks = [MaskKeeper(masks, train_model)] if len(masks) else []
     start = time.perf_counter()

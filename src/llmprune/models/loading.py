@@ -206,27 +206,26 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def resolve_source(source: str | os.PathLike | None) -> tuple[str, str | None]:
-    """Turn what the user typed into (directory or hub id, None).
+def resolve_source(source: str | os.PathLike | None) -> str:
+    """Turn what the user typed into a directory or hub id that transformers loads.
 
-    A `.gguf` file resolves to its cached safetensors copy, like the default model, so
-    the second item is always None; it stays so that callers need not change.
+    A `.gguf` file resolves to its cached safetensors copy, like the default model.
     """
     if source is None or str(source) in (DEFAULT_MODEL, "default"):
-        return str(default_model_dir()), None
+        return str(default_model_dir())
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            return str(gguf_model_dir(path)), None
+            return str(gguf_model_dir(path))
         raise LLMPruneError(f"{text} is a file, not a model directory or a .gguf file")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise LLMPruneError(f"{text} is a directory without config.json: not a model")
-        return str(path), None
+        return str(path)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf"):
         raise LLMPruneError(f"no such model: {text} (not a file, directory or hub id)")
-    return text, None
+    return text
 
 
 def check_causal(config, source: str) -> None:
@@ -257,7 +256,7 @@ def load_model(
     """
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
-    location, _ = resolve_source(source)
+    location = resolve_source(source)
     label = str(source) if source is not None else DEFAULT_MODEL
     try:
         config = AutoConfig.from_pretrained(location)

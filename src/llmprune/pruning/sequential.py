@@ -219,10 +219,11 @@ def walk_blocks(
     desc: str = "blocks",
     progress: bool = True,
     residency: Residency | None = None,
-) -> None:
+) -> list[BlockInput]:
     """Call `visit(index, block, inputs)` for each block, then advance the inputs through it.
 
     Without `windows` (magnitude pruning) blocks are visited with no calibration at all.
+    Returns the batches holding the last block's outputs.
     """
     device = torch.device(device)
     offload = torch.device("cpu")
@@ -241,3 +242,27 @@ def walk_blocks(
         if inputs:
             advance(block, index, inputs, device)
         residency.leave(index)
+    return inputs
+
+
+@torch.no_grad()
+def replay(model: nn.Module, layout: ModelLayout, batch: torch.Tensor, final: torch.Tensor):
+    """The model's output for `batch` when its blocks have already been run: every block
+    passes its input on and the last returns `final`, so the model's own code applies
+    the final norm and head (whatever the family calls them)."""
+    last = layout.num_blocks - 1
+
+    def passing(index: int) -> Callable:
+        def record(args: tuple, kwargs: dict):
+            return final if index == last else (args[0] if args else kwargs["hidden_states"])
+
+        return record
+
+    blocks = list(layout.blocks)
+    for index, block in enumerate(blocks):
+        layout.blocks[index] = _Recorder(block, passing(index))
+    try:
+        return model(input_ids=batch, use_cache=False)
+    finally:
+        for index, block in enumerate(blocks):
+            layout.blocks[index] = block

@@ -13,44 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from llmprune.errors import LLMPruneError
 from llmprune.pruning.amounts import NM, Amount
 from llmprune.pruning.selection import forced_scores, lowest_mask, prune_count
-
-DAMPING_RETRIES = 6
-
-
-def inverse_hessian_factor(hessian: torch.Tensor, damping: float, layer: str = "?") -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damping · mean(diag H).
-
-    If H + λI is not positive definite, λ grows tenfold up to DAMPING_RETRIES times;
-    after that the layer is named in an error instead of silently falling back.
-    """
-    if not torch.isfinite(hessian).all():
-        raise LLMPruneError(f"NaN/Inf in the Hessian of layer {layer}")
-    mean_diag = float(torch.diag(hessian).mean())
-    scale = damping * (mean_diag if mean_diag > 0 else 1.0)
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    for _ in range(DAMPING_RETRIES + 1):
-        factor, info = torch.linalg.cholesky_ex(hessian + scale * eye)
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if int(info) == 0 and torch.isfinite(upper).all():
-                return upper
-        scale *= 10.0
-    raise LLMPruneError(
-        f"the Hessian of layer {layer} is singular even with dampening {scale / 10:.3g}; "
-        "use more calibration samples or a larger --dampening"
-    )
-
-
-def with_dead_inputs_fixed(hessian: torch.Tensor) -> torch.Tensor:
-    """A float32 copy of H with H_jj = 1 where input j never fired (keeps H invertible)."""
-    H = hessian.detach().clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    return H
+from llmprune.pruning.statistics import inverse_hessian_factor, with_dead_inputs_fixed
 
 
 def sparsegpt_prune(

@@ -1,7 +1,7 @@
 """Stages: the units every command is made of, and the registry that names them.
 
 A stage kind is a pydantic config plus one `execute(config, state, ctx) -> dict`
-function. `llmprune prune` is the plan [prune, evaluate, save], a recipe lists its own,
+function. `llmprune prune` is the plan [prune, save, evaluate], a recipe lists its own,
 a sweep makes one plan per point; `run.execute_plan` runs any of them. Adding a kind
 (export, structured prune, gradual prune) is one module plus one line in `KINDS`.
 """
@@ -32,6 +32,7 @@ class StageKind:
     # config fields that default to run-wide settings: field -> setting name
     run_defaults: tuple[tuple[str, str], ...] = ()
     check: Callable[[Any, ModelState], None] | None = None
+    main_only: bool = False  # writes outside the run: only the main process runs it
     expand: Callable[[Any], list[tuple[str, dict]]] | None = None  # made of other stages
 
 
@@ -50,7 +51,7 @@ KINDS: dict[str, StageKind] = {
         run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
-    "save": StageKind(save.SaveStage, save.execute, check=save.check),
+    "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),
 }
 
 
@@ -87,6 +88,8 @@ def make_steps(
     if kind not in KINDS:
         raise LLMPruneError(f"{where}: unknown stage {kind!r}; use {', '.join(KINDS)}")
     spec = KINDS[kind]
+    if values is not None and not isinstance(values, dict):
+        raise LLMPruneError(f"{where}: {kind} needs a mapping of settings, got {values!r}")
     values = dict(values or {})
     settings = settings or RunSettings()
     for field, setting in spec.run_defaults:

@@ -38,6 +38,7 @@ class StageContext:
     eval: EvalSettings = field(default_factory=EvalSettings)
     stream: bool = True
     progress: bool = False
+    is_main: bool = True  # False on the other processes of a torchrun / accelerate run
     inputs: SharedInputs = field(default_factory=SharedInputs)
     echo: Callable[..., None] = print
     workdir: Path | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from llmprune.evaluate.resources import peak_device_mb, peak_rss_mb
+from llmprune.finetune.lora import refresh_adapter_masks
 from llmprune.models.streaming import NotStreamable
 from llmprune.pruning import PruneConfig, PruneResult, prune
 from llmprune.pruning.masks import MASKS_FILE
@@ -47,6 +48,7 @@ def execute(config: PruneConfig, state: ModelState, ctx: StageContext) -> dict:
     )
     if state.pristine and result.owl_ratios:
         ctx.inputs.memo[owl_key] = result.owl_ratios
+    refresh_adapter_masks(loaded.model, result.masks)
     state.changed(result.masks)
     return prune_record(result, started, config.device, streamed=False)
 

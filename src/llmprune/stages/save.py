@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmprune.export.checkpoint import RECORD_FILE, check_output_path, save_pruned
+from llmprune.export.checkpoint import RECORD_FILE, STAGE_FILE, check_output_path, save_pruned
 from llmprune.io import write_directory, write_json
 from llmprune.models.loading import resolve_source
 from llmprune.stages.context import StageContext
@@ -29,7 +29,7 @@ class SaveStage(BaseModel):
 def input_files(source: str) -> list[Path]:
     """The files behind a model source, for the output guard: what the user named (a
     directory, a .gguf file) and the converted copy the run reads (smollm2, GGUF)."""
-    location = Path(resolve_source(source)[0])
+    location = Path(resolve_source(source))
     named = Path(source).expanduser()
     return [location, named] if named.exists() else [location]
 
@@ -44,10 +44,10 @@ def check(config: SaveStage, state: ModelState) -> Path:
 def execute(config: SaveStage, state: ModelState, ctx: StageContext) -> dict:
     out = check(config, state)
     record = {"model": state.source, "steps": ctx.log}
-    if state.loaded is not None:
-        save_pruned(state.loaded, out, state.masks, record, None, True)
+    source = state.on_disk()
+    if source is None:  # in memory, or weights only a loader can read (hub, .bin)
+        save_pruned(state.load(), out, state.masks, record, None, True)
     else:
-        source = state.on_disk()
         owned = ctx.in_scratch(source)
         write_directory(out, lambda tmp: fill_from(source, tmp, record, owned), True)
         if owned:
@@ -60,7 +60,7 @@ def fill_from(source: Path, tmp: Path, record: dict, move: bool) -> None:
     """The files of a checkpoint on disk: moved out of the run's scratch space, or linked
     (copied across file systems) from a directory the run must keep."""
     for item in source.iterdir():
-        if item.name == RECORD_FILE:
+        if item.name in (RECORD_FILE, STAGE_FILE) or item.name.startswith("."):
             continue
         target = tmp / item.name
         if move:

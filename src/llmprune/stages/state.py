@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
+from llmprune.finetune.lora import ADAPTER_DIR
 from llmprune.models import LoadedModel
 from llmprune.models.loading import resolve_source
 from llmprune.pruning import ModelMasks
+from llmprune.pruning.masks import MASKS_FILE
 
 
 @dataclass
@@ -30,6 +32,13 @@ class ModelState:
     masks: ModelMasks = field(default_factory=ModelMasks)
     pristine: bool = True  # still the input's weights: dense pre-passes (OWL) may be shared
 
+    def __post_init__(self) -> None:
+        """A pruned checkpoint brings its masks: later stages must keep them too."""
+        if not len(self.masks):
+            directory = self.path or local_dir(self.source)
+            if directory is not None and (directory / MASKS_FILE).is_file():
+                self.masks = ModelMasks.load(directory / MASKS_FILE)
+
     def load(self) -> LoadedModel:
         """The model in memory (on the CPU; stages move it to their device)."""
         if self.loaded is None:
@@ -43,9 +52,10 @@ class ModelState:
         there (the in-memory model, once loaded, is the truth)."""
         if self.loaded is not None:
             return None
-        if self.path is not None:
-            return self.path
-        return streamable_dir(self.source)
+        directory = self.path if self.path is not None else streamable_dir(self.source)
+        if directory is not None and (directory / ADAPTER_DIR).is_dir():
+            return None  # unmerged adapters: only the in-memory model has them
+        return directory
 
     def changed(self, masks: ModelMasks | None = None) -> None:
         """A stage changed the weights in memory."""
@@ -58,10 +68,15 @@ class ModelState:
         self.loaded, self.path, self.pristine = None, path, False
 
 
+def local_dir(source: str) -> Path | None:
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
+
+
 def streamable_dir(model_source: str | None) -> Path | None:
     """The local safetensors directory behind a source (GGUF files and the default model
     are converted copies in the cache), or None (hub unreachable...)."""
-    location, _ = resolve_source(model_source)
+    location = resolve_source(model_source)
     path = Path(location)
     if path.is_dir():
         return path if any(path.glob("*.safetensors")) else None
@@ -115,15 +130,15 @@ class SharedInputs:
             ),
         )
 
-    def eval_windows(self, loaded: LoadedModel, data: str, seqlen: int, max_windows):
+    def eval_windows(self, tokenizer, context: int | None, data: str, seqlen: int, max_windows):
         from llmprune.data import check_seqlen, eval_windows, get_source, source_tokens
 
-        check_seqlen(seqlen, loaded.context_length)
-        key = ("eval", tokenizer_key(loaded.tokenizer), data, seqlen, max_windows)
+        check_seqlen(seqlen, context)
+        key = ("eval", tokenizer_key(tokenizer), data, seqlen, max_windows)
         return self.get(
             key,
             lambda: eval_windows(
-                source_tokens(loaded.tokenizer, get_source(data), "eval"), seqlen, max_windows
+                source_tokens(tokenizer, get_source(data), "eval"), seqlen, max_windows
             ),
         )
 
