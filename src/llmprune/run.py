@@ -71,10 +71,16 @@ def execute_plan(
         for index, step in enumerate(steps):
             ctx.echo(f"[{index + 1}/{len(steps)}] {step.label}")
             ctx.log.append(run_step(index, step, state, ctx))
-            for out in ctx.outputs:  # saved checkpoints carry the whole run's record
-                write_json(out / RECORD_FILE, {"model": state.source, "steps": ctx.log})
+            refresh_records(state, ctx)
         ctx.scratch_root = None
     return ctx.log
+
+
+def refresh_records(state: ModelState, ctx: StageContext) -> None:
+    """Checkpoints saved earlier in the run carry the whole run's record, later steps too."""
+    if ctx.is_main:
+        for out in ctx.outputs:
+            write_json(out / RECORD_FILE, {"model": state.source, "steps": ctx.log})
 
 
 def stage_dir(root: Path, index: int, step: Step) -> Path:
@@ -180,6 +186,7 @@ def run_recipe(
         if step.spec.changes_model:
             state.path = directory  # the main process saved the step's model there
         ctx.log.append(record)
+        refresh_records(state, ctx)
         if process.is_main_process:
             with open(root / LOG_FILE, "a") as handle:
                 handle.write(json.dumps(log_line(record), default=str) + "\n")
