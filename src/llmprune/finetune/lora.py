@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,7 +51,12 @@ def add_lora(
         bias="none",
         fan_in_fan_out=is_conv1d_model(model, layer_names),
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # a tied head is untied before any merge (merge_lora), and peft resets
+        # fan_in_fan_out itself for a Linear head beside GPT-2's Conv1D layers
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to True.*")
+        return get_peft_model(model, config)
 
 
 def is_conv1d_model(model: nn.Module, layer_names: list[str]) -> bool:
