@@ -189,3 +189,36 @@ def test_the_same_point_gives_the_same_perplexity_through_prune_run_and_sweep(
     assert via_prune == pytest.approx(via_sweep, rel=1e-6)
     dense = next(p for p in points if p["method"] == "dense")["perplexity"]
     assert summary(records)["dense_perplexity"] == pytest.approx(dense, rel=1e-6)
+
+
+def test_a_save_stage_that_would_overwrite_the_input_stops_before_anything_runs(
+    tmp_path, tiny_model_dirs
+):
+    model = tiny_model_dirs["opt"]
+    stages = [{"prune": {"method": "magnitude", "sparsity": 0.5}}, {"save": {"out": str(model)}}]
+    recipe = load_recipe(write_recipe(tmp_path, model, stages=stages))
+    with pytest.raises(LLMPruneError, match="would overwrite the input model"):
+        run_recipe(recipe, tmp_path / "run", echo=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_save_stage_writes_a_checkpoint_with_the_whole_run_record(tmp_path, tiny_model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.export.checkpoint import load_record
+
+    out = tmp_path / "shipped"
+    stages = [
+        {"prune": {"method": "magnitude", "sparsity": 0.5}},
+        {"save": {"out": str(out)}},
+        {"evaluate": {}},
+    ]
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dirs["llama"], stages=stages))
+    log = run_recipe(recipe, tmp_path / "run", echo=lambda *_: None)
+    record = load_record(out)
+    assert [step["kind"] for step in record["steps"]] == ["prune", "save", "evaluate"]
+    assert record["steps"][-1]["perplexity"] == pytest.approx(log[-1]["perplexity"])
+    assert not (out / "stage.json").exists()
+    masks = load_masks(out)
+    masks.check(AutoModelForCausalLM.from_pretrained(out))
+    assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)

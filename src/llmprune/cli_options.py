@@ -63,14 +63,13 @@ def field_parameter(name: str, field) -> inspect.Parameter:
     kind, default = cli_type(field.annotation), field.default
     if default is PydanticUndefined:
         default = field.default_factory() if field.default_factory else None
+    help_text = field.description or ""
     if is_collection(field.annotation):
+        if default:
+            help_text += f" (default: {shown_default(default)})"
         default = None  # the field's own default applies when the option is absent
     option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
     flags = [f"{option}/--no-{option[2:]}"] if kind is bool else [option]
-    help_text = field.description or ""
-    if is_collection(field.annotation) and field.default_factory:
-        shown = field.default_factory()
-        help_text += f" [default: {shown_default(shown)}]" if shown else ""
     annotation = Annotated[kind, typer.Option(*flags, help=help_text)]
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation

@@ -162,6 +162,8 @@ def run_recipe(
         echo = silent
     steps = plan(recipe)
     root = Path(run_dir).resolve()
+    if not resume:  # output paths of save stages, before RUN_DIR is made
+        check_plan(steps, ModelState(source=recipe.model, dtype=recipe.dtype))
     if process.is_main_process:
         prepare_run_dir(root, recipe, resume, overwrite)
     process.wait_for_everyone()
