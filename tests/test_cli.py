@@ -236,3 +236,31 @@ def test_more_bad_input(monkeypatch, capsys, tiny_model_dirs, tmp_path, args, me
     code, _, stderr = run_cli(monkeypatch, capsys, *args)
     assert code == 2, stderr
     assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_export_eval_and_densify_a_sparse_folder(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.evaluate import sparsity_summary
+
+    pruned = tmp_path / "pruned"
+    prune = ["prune", tiny_model_dirs["llama"], "--method", "magnitude", "--sparsity", 0.6]
+    assert run_cli(monkeypatch, capsys, *prune, "--no-eval", "--out", pruned)[0] == 0
+    sparse = tmp_path / "sparse"
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "export", pruned, "--out", sparse)
+    assert code == 0, stderr
+    assert "x dense" in stdout
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "eval", sparse, "--seqlen", 32, "--max-windows", 2
+    )
+    assert code == 0 and "60.00%" in stdout
+    dense = tmp_path / "dense"
+    assert run_cli(monkeypatch, capsys, "densify", sparse, "--out", dense)[0] == 0
+    summary = sparsity_summary(AutoModelForCausalLM.from_pretrained(dense))
+    assert summary["prunable_sparsity"] == pytest.approx(0.6, abs=1e-3)
+    code, _, stderr = run_cli(
+        monkeypatch, capsys, "export", pruned, "--pattern", "2:4", "--out", tmp_path / "nm"
+    )
+    assert code == 2 and "is not 2:4" in stderr and not (tmp_path / "nm").exists()
+    code, _, stderr = run_cli(monkeypatch, capsys, "densify", pruned, "--out", tmp_path / "x")
+    assert code == 2 and "not an exported sparse folder" in stderr

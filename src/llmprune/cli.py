@@ -18,6 +18,7 @@ from llmprune.cli_options import config_options
 from llmprune.compare import CompareConfig
 from llmprune.errors import LLMPruneError
 from llmprune.pruning.config import PruneConfig
+from llmprune.stages.export import ExportStage
 from llmprune.sweep import SweepConfig
 
 app = typer.Typer(
@@ -158,6 +159,58 @@ def prune_command(
     )
     console.print(table)
     console.print(f"saved {result['out']}" + (" (streamed)" if result["streamed"] else ""))
+
+
+@app.command("export")
+@config_options
+def export_command(
+    config: ExportStage,
+    model: ModelArg = "smollm2",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Write MODEL as a sparse folder (bitmask + packed values) that shrinks with sparsity."""
+    from llmprune.run import execute_plan
+    from llmprune.stages import ModelState, StageContext, Step
+
+    state = ModelState(source=model, dtype=dtype)
+    ctx = StageContext(echo=lambda *_: None)
+    record = execute_plan([Step("export", config)], state, ctx, Path(config.out))[-1]
+    console.print(
+        f"wrote {record['out']}: {record['layers']} sparse layers, "
+        f"{record['bytes'] / 2**20:.1f} MiB of tensors "
+        f"({record['bytes'] / record['dense_bytes']:.2f}x dense)"
+        + (
+            f"; values rounded by at most {record['max_rounding']:.2e}"
+            if record["max_rounding"]
+            else ""
+        )
+    )
+
+
+@app.command("densify")
+def densify_command(
+    folder: Annotated[Path, typer.Argument(help="An exported sparse folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write an exported sparse folder back as a plain checkpoint transformers loads."""
+    from llmprune.export.sparse import is_sparse_folder
+    from llmprune.models import find_layout, load_model, weight_matrix
+    from llmprune.pruning import ModelMasks
+    from llmprune.run import execute_plan
+    from llmprune.stages import ModelState, StageContext, make_steps
+
+    if not is_sparse_folder(folder):
+        raise LLMPruneError(f"{folder} is not an exported sparse folder")
+    steps = make_steps("save", {"out": str(out), "overwrite": overwrite})
+    state = ModelState(source=str(folder))
+    steps[0].spec.check(steps[0].config, state)  # before the model is rebuilt
+    state.loaded = load_model(folder)
+    layers = find_layout(state.loaded.model).linears()
+    zeros = {n: weight_matrix(m) != 0 for n, m in layers.items()}
+    state.masks = ModelMasks({n: keep for n, keep in zeros.items() if not bool(keep.all())})
+    execute_plan(steps, state, StageContext(echo=lambda *_: None), out)
+    console.print(f"wrote {out}")
 
 
 @app.command("run")

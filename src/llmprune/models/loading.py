@@ -220,12 +220,24 @@ def resolve_source(source: str | os.PathLike | None) -> str:
             return str(gguf_model_dir(path))
         raise LLMPruneError(f"{text} is a file, not a model directory or a .gguf file")
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not is_sparse_folder(path):
             raise LLMPruneError(f"{text} is a directory without config.json: not a model")
         return str(path)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf"):
         raise LLMPruneError(f"no such model: {text} (not a file, directory or hub id)")
     return text
+
+
+def is_sparse_folder(path) -> bool:
+    from llmprune.export.sparse import is_sparse_folder as check
+
+    return check(path)
+
+
+def load_sparse(location, dtype):
+    from llmprune.export.sparse import load_sparse as load
+
+    return load(location, dtype)
 
 
 def check_causal(config, source: str) -> None:
@@ -258,6 +270,10 @@ def load_model(
     torch_device = parse_device(device)
     location = resolve_source(source)
     label = str(source) if source is not None else DEFAULT_MODEL
+    if is_sparse_folder(location):
+        loaded = load_sparse(location, torch_dtype)
+        loaded.model.to(torch_device)
+        return loaded
     try:
         config = AutoConfig.from_pretrained(location)
     except Exception as exc:  # hub and JSON errors have many types

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.config import FinetuneConfig
 from llmprune.pruning.config import PruneConfig
-from llmprune.stages import evaluate, finetune, iterative, prune, save
+from llmprune.stages import evaluate, export, finetune, iterative, prune, save
 from llmprune.stages.context import EvalSettings, StageContext
 from llmprune.stages.state import ModelState
 
@@ -52,6 +52,7 @@ KINDS: dict[str, StageKind] = {
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
     "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),
+    "export": StageKind(export.ExportStage, export.execute, check=export.check, main_only=True),
 }
 
 

@@ -34,7 +34,7 @@ def input_files(source: str) -> list[Path]:
     return [location, named] if named.exists() else [location]
 
 
-def check(config: SaveStage, state: ModelState) -> Path:
+def check(config, state: ModelState) -> Path:
     """Before any work: the output may not overwrite the input or, unasked, other work."""
     for source in input_files(state.source):
         out = check_output_path(config.out, source, config.overwrite)

@@ -15,7 +15,7 @@ import torch
 
 from llmprune.finetune.lora import ADAPTER_DIR
 from llmprune.models import LoadedModel
-from llmprune.models.loading import resolve_source
+from llmprune.models.loading import is_sparse_folder, resolve_source
 from llmprune.pruning import ModelMasks
 from llmprune.pruning.masks import MASKS_FILE
 
@@ -78,6 +78,8 @@ def streamable_dir(model_source: str | None) -> Path | None:
     are converted copies in the cache), or None (hub unreachable...)."""
     location = resolve_source(model_source)
     path = Path(location)
+    if is_sparse_folder(path):
+        return None  # its tensors are encoded: it is rebuilt in memory
     if path.is_dir():
         return path if any(path.glob("*.safetensors")) else None
     try:
