@@ -2,19 +2,27 @@
 
 (a) bytes of the pruned linears and of the whole folder against the dense fp32 model, at
 50/70/80/90 % (magnitude; size depends on the amount only) and 2:4, with fp32 values and
-with bf16 values. Kernel timings (b) and decode speed (c) are not measured yet.
-Prints a table and writes bench/results/sparse_size.json.
+with bf16 values (bench/results/sparse_size.json);
+(b) the bitmask kernel's matmul time against the fastest dense torch path on this machine
+(fp32 or bf16, whichever is faster per case; numpy is left out of the interleaved runs:
+its BLAS threads keep spinning and slow whatever runs next) on 7B-sized layers
+(11008x4096, 4096x11008) and SmolLM2's (1536x576, 576x1536), 1 and 4 tokens, at
+50/70/90 %, fp32 and bf16 values; all variants of a case interleaved, median of the
+repeats (bench/results/sparse_matmul.json). Decode speed (c) is not measured yet.
 
-    python bench/sparse_runtime.py [--amounts 0.5,0.7,0.8,0.9,2:4]
+    python bench/sparse_runtime.py [--part size|matmul|all] [--repeats 21]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from llmprune.export.sparse import DENSE_FILE, SPARSE_FILE, export_sparse
@@ -22,6 +30,7 @@ from llmprune.io import write_json
 from llmprune.models import find_layout, load_model, weight_matrix
 from llmprune.pruning import prune
 from llmprune.pruning.config import amount_options
+from llmprune.runtime.sparse_linear import SparseLinear
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,17 +65,77 @@ def measure(base, amount: str, values: str) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--amounts", default="0.5,0.7,0.8,0.9,2:4")
-    parser.add_argument("--out", type=Path, default=RESULTS / "sparse_size.json")
-    args = parser.parse_args()
+LAYERS = [(11008, 4096), (4096, 11008), (1536, 576), (576, 1536)]
+
+
+def interleaved_medians(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each call, the calls taking turns so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warm-up
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def matmul_case(rows: int, cols: int, sparsity: float, tokens: int, repeats: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(rows, cols, generator=generator)
+    matrix[torch.rand(rows, cols, generator=generator) < sparsity] = 0.0
+    x = torch.randn(tokens, cols, generator=generator)
+    dense_bf16, x_bf16 = matrix.bfloat16(), x.bfloat16()
+    fp32 = SparseLinear(matrix, None)
+    bf16 = SparseLinear(matrix, None, values_dtype=torch.bfloat16)
+    medians = interleaved_medians(
+        {
+            "torch fp32": lambda: x @ matrix.t(),
+            "torch bf16": lambda: x_bf16 @ dense_bf16.t(),
+            "sparse fp32": lambda: fp32(x),
+            "sparse bf16": lambda: bf16(x),
+        },
+        repeats,
+    )
+    dense = {k: v for k, v in medians.items() if not k.startswith("sparse")}
+    fastest = min(dense, key=dense.get)
+    return {
+        "layer": f"{rows}x{cols}",
+        "sparsity": sparsity,
+        "tokens": tokens,
+        "ms": {k: v * 1e3 for k, v in medians.items()},
+        "fastest_dense": fastest,
+        "fp32_values_x": dense[fastest] / medians["sparse fp32"],
+        "bf16_values_x": dense[fastest] / medians["sparse bf16"],
+        "bf16_values_x_dense_bf16": medians["torch bf16"] / medians["sparse bf16"],
+    }
+
+
+def matmul_rows(repeats: int) -> list[dict]:
+    rows = []
+    print(f"threads {torch.get_num_threads()}")
+    print(
+        f"{'layer':>11} {'sp':>4} {'tok':>3} {'fastest dense':>14} {'ms':>7} "
+        f"{'fp32 vals x':>11} {'bf16 vals x':>11}"
+    )
+    for rows_, cols in LAYERS:
+        for sparsity in (0.5, 0.7, 0.9):
+            for tokens in (1, 4):
+                r = matmul_case(rows_, cols, sparsity, tokens, repeats)
+                rows.append(r)
+                print(
+                    f"{r['layer']:>11} {sparsity:>4} {tokens:>3} {r['fastest_dense']:>14} "
+                    f"{r['ms'][r['fastest_dense']]:>7.3f} {r['fp32_values_x']:>11.2f} "
+                    f"{r['bf16_values_x']:>11.2f}",
+                    flush=True,
+                )
+    return rows
+
+
+def size_rows(amounts: str) -> list[dict]:
     base = load_model("smollm2")
-    rows = [
-        measure(base, amount, values)
-        for amount in args.amounts.split(",")
-        for values in ("model", "bf16")
-    ]
+    rows = [measure(base, a, values) for a in amounts.split(",") for values in ("model", "bf16")]
     print(f"{'amount':>7} {'values':>6} {'linears x':>10} {'folder x':>9} {'folder MiB':>11}")
     for r in rows:
         values = "fp32" if r["values"] == "model" else r["values"]
@@ -74,8 +143,22 @@ def main() -> None:
             f"{r['amount']:>7} {values:>6} {r['linears_x_dense']:>10.3f} "
             f"{r['folder_x_dense']:>9.3f} {r['folder_mib']:>11.1f}"
         )
-    write_json(args.out, {"model": "SmolLM2-135M-Instruct", "rows": rows})
-    print(f"wrote {args.out}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["size", "matmul", "all"], default="all")
+    parser.add_argument("--amounts", default="0.5,0.7,0.8,0.9,2:4")
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    if args.part in ("size", "all"):
+        rows = size_rows(args.amounts)
+        write_json(RESULTS / "sparse_size.json", {"model": "SmolLM2-135M-Instruct", "rows": rows})
+    if args.part in ("matmul", "all"):
+        rows = matmul_rows(args.repeats)
+        settings = {"threads": torch.get_num_threads(), "repeats": args.repeats}
+        write_json(RESULTS / "sparse_matmul.json", {"settings": settings, "rows": rows})
 
 
 if __name__ == "__main__":

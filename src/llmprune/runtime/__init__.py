@@ -1,0 +1,1 @@
+"""Sparse inference: linear layers that compute from the bitmask + packed-values layout."""

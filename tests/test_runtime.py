@@ -1,0 +1,78 @@
+"""The sparse linear layer equals the dense masked matmul, kernel or no kernel."""
+
+import pytest
+import torch
+
+from llmprune.runtime.kernel import library
+from llmprune.runtime.sparse_linear import SparseLinear, sparsify
+from tests.conftest import build_tiny
+
+pytestmark = pytest.mark.skipif(library() is None, reason="no C compiler")
+
+
+def masked_matrix(rows, cols, sparsity, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(rows, cols, generator=g)
+    matrix[torch.rand(rows, cols, generator=g) < sparsity] = 0.0
+    return matrix
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("rows, cols", [(7, 37), (64, 128), (33, 8), (5, 1)])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 9])
+def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, simd):
+    matrix = masked_matrix(rows, cols, 0.6)
+    matrix[0] = 0.0  # an empty row
+    if rows > 2:
+        matrix[1] = torch.randn(cols)  # a fully dense row
+    bias = torch.randn(rows)
+    layer = SparseLinear(matrix, bias, simd=simd)
+    x = torch.randn(2, tokens, cols)
+    expected = x @ matrix.t() + bias
+    got = layer(x)
+    assert got.shape == expected.shape
+    error = float((got - expected).norm() / expected.norm())
+    assert error <= 1e-5, error
+
+
+def test_bf16_values_match_the_rounded_weights():
+    matrix = masked_matrix(40, 75, 0.7)
+    layer = SparseLinear(matrix, None, values_dtype=torch.bfloat16)
+    rounded = matrix.bfloat16().float()
+    x = torch.randn(3, 75)
+    for tokens in (1, 3):
+        expected = x[:tokens] @ rounded.t()
+        error = float((layer(x[:tokens]) - expected).norm() / expected.norm())
+        assert error <= 1e-5, error
+    assert torch.equal(layer.dense_weight(), rounded)
+
+
+def test_sparsify_keeps_the_model_output(tiny_model_dirs):
+    from llmprune.models import load_model
+    from llmprune.pruning import prune
+
+    model = build_tiny("llama")
+    prune(model, method="magnitude", sparsity=0.7, progress=False)
+    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        sparsify(model, min_sparsity=0.3)
+        for module in model.modules():  # every layer on the kernel path, measured or not
+            if isinstance(module, SparseLinear):
+                assert module.max_sparse_tokens == 8
+        after = model(input_ids=ids).logits
+        step = model(input_ids=ids[:, :1]).logits
+    assert torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(before[:, :1], step, atol=1e-4)
+    del load_model, tiny_model_dirs
+
+
+def test_without_the_compiled_kernel_the_dense_path_gives_the_same(monkeypatch):
+    import llmprune.runtime.sparse_linear as sparse_linear
+
+    monkeypatch.setattr(sparse_linear, "library", lambda: None)
+    matrix = masked_matrix(9, 21, 0.5)
+    layer = SparseLinear(matrix, torch.randn(9))
+    assert layer.max_sparse_tokens == 0
+    x = torch.randn(1, 21)
+    assert torch.allclose(layer(x), x @ matrix.t() + layer.bias, atol=1e-6)
