@@ -362,14 +362,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
+    except Exception as exc:  # usage errors: typer's own click, or click itself
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort | click.exceptions.Abort):
             sys.exit(1)
+        if isinstance(exc, typer.TyperException | click.exceptions.ClickException):
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            print(f"error: {' '.join(message.split())}", file=sys.stderr)
+            sys.exit(2)
         raise
 
 

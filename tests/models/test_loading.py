@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llmprune.errors import LLMPruneError
 from llmprune.models import load_model, loading
@@ -158,3 +159,21 @@ def test_real_gguf_path_resolves_to_a_saveable_cached_copy(tmp_path):
     assert "quantization_config" not in loaded.model.config.to_dict()
     loaded.model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "config.json").is_file()
+
+
+def test_pickled_weights_load_only_when_the_user_opts_in(tmp_path, monkeypatch, tiny_tokenizer):
+    from tests.conftest import build_tiny
+
+    model = build_tiny("llama")
+    model.save_pretrained(tmp_path / "pickled")  # transformers 5 writes safetensors only
+    tiny_tokenizer.save_pretrained(tmp_path / "pickled")
+    weights = tmp_path / "pickled" / "model.safetensors"
+    torch.save(load_file(str(weights)), tmp_path / "pickled" / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(LLMPruneError, match="only pickled weights"):
+        load_model(tmp_path / "pickled")
+    monkeypatch.setenv("LLMPRUNE_ALLOW_PICKLE", "1")
+    loaded = load_model(tmp_path / "pickled")
+    ids = torch.randint(0, 500, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)

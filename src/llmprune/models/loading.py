@@ -228,6 +228,22 @@ def resolve_source(source: str | os.PathLike | None) -> str:
     return text
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_not_pickle(directory: Path, label: str) -> None:
+    """Refuse weights that only exist as pickles: unpickling a stranger's file can run
+    code. LLMPRUNE_ALLOW_PICKLE=1 opts in (transformers then loads them weights_only)."""
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and os.environ.get("LLMPRUNE_ALLOW_PICKLE") != "1":
+        raise LLMPruneError(
+            f"{label} has only pickled weights ({pickles[0]}); convert them to safetensors, "
+            "or set LLMPRUNE_ALLOW_PICKLE=1 to load them (weights only)"
+        )
+
+
 def is_sparse_folder(path) -> bool:
     from llmprune.export.sparse import is_sparse_folder as check
 
@@ -270,6 +286,7 @@ def load_model(
     torch_device = parse_device(device)
     location = resolve_source(source)
     label = str(source) if source is not None else DEFAULT_MODEL
+    check_not_pickle(Path(location), label)
     if is_sparse_folder(location):
         loaded = load_sparse(location, torch_dtype)
         loaded.model.to(torch_device)
