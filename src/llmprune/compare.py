@@ -16,6 +16,7 @@ from llmprune.errors import LLMPruneError
 from llmprune.evaluate import behaviour
 from llmprune.io import write_json, write_text
 from llmprune.models import load_model
+from llmprune.provenance import environment
 
 CONFIG_FILE = "compare_config.json"
 BASE_COLUMNS = ["words", "distinct_1", "distinct_2", "repeated_3gram_rate", "rouge_l_vs_dense"]
@@ -84,7 +85,8 @@ def run_compare(dense: str, pruned: list[str], out: str | Path, config: CompareC
     if config.summarize:
         behaviour.risk_ratios(summary, dense)
     write_json(out / "compare.json", {"prompts": texts, "summary": summary, "outputs": outputs})
-    write_json(out / CONFIG_FILE, {"dense": dense, "pruned": pruned, **config.model_dump()})
+    made = {"dense": dense, "pruned": pruned, "environment": environment()}
+    write_json(out / CONFIG_FILE, {**made, **config.model_dump()})
     write_text(out / "side_by_side.txt", behaviour.side_by_side(texts, outputs))
     rows = [{"model": source, **metrics} for source, metrics in summary.items()]
     write_text(out / "compare.md", markdown_table(rows, ["model", *config.columns]))

@@ -26,6 +26,7 @@ from pathlib import Path
 from llmprune.errors import LLMPruneError
 from llmprune.export.checkpoint import RECORD_FILE, STAGE_FILE, load_masks, write_checkpoint
 from llmprune.io import write_directory, write_json, write_text
+from llmprune.provenance import environment
 from llmprune.pruning import ModelMasks
 from llmprune.recipe import Recipe, plan
 from llmprune.stages import ModelState, StageContext, Step
@@ -80,7 +81,8 @@ def refresh_records(state: ModelState, ctx: StageContext) -> None:
     """Checkpoints saved earlier in the run carry the whole run's record, later steps too."""
     if ctx.is_main:
         for out in ctx.outputs:
-            write_json(out / RECORD_FILE, {"model": state.source, "steps": ctx.log})
+            record = {"model": state.source, "environment": environment(), "steps": ctx.log}
+            write_json(out / RECORD_FILE, record)
 
 
 def stage_dir(root: Path, index: int, step: Step) -> Path:
@@ -104,7 +106,14 @@ def prepare_run_dir(root: Path, recipe: Recipe, resume: bool, overwrite: bool) -
             raise LLMPruneError(f"{root} is not a run directory; refusing to overwrite it")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    write_json(record_path, {"fingerprint": recipe.fingerprint(), "recipe": recipe.model_dump()})
+    write_json(
+        record_path,
+        {
+            "fingerprint": recipe.fingerprint(),
+            "recipe": recipe.model_dump(),
+            "environment": environment(),
+        },
+    )
 
 
 def finished_steps(root: Path, steps: list[Step]) -> int:

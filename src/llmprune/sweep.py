@@ -23,6 +23,7 @@ from llmprune.finetune.config import FinetuneConfig, make_finetune_config
 from llmprune.io import write_json
 from llmprune.models import LoadedModel, load_model
 from llmprune.models.loading import resolve_source
+from llmprune.provenance import environment
 from llmprune.pruning.amounts import parse_amount, parse_pattern
 from llmprune.pruning.config import amount_options, checked, make_config
 from llmprune.pruning.methods import METHODS
@@ -208,7 +209,8 @@ def check_results_dir(out: Path, config: SweepConfig) -> None:
                 )
     elif out.exists() and any(out.iterdir()):
         raise LLMPruneError(f"{out} is not empty and holds no sweep")
-    write_json(marker, {**settings, "config": config.model_dump()})  # the latest invocation
+    latest = {"config": config.model_dump(), "environment": environment()}
+    write_json(marker, {**settings, **latest})  # settings, and the latest invocation
 
 
 def shown(setting) -> str:

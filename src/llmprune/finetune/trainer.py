@@ -13,7 +13,13 @@ import time
 
 import torch
 from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from llmprune.data import calibration_windows, get_source, source_tokens
 from llmprune.errors import LLMPruneError
@@ -140,6 +146,9 @@ def finetune(
     unless `config.merge_lora` is False (then it is the peft model).
     """
     masks = masks or ModelMasks()
+    # the adapters' initial values come from the global RNG: seed it here, so a stage gives
+    # the same result whatever ran before it in this process (a resumed run included)
+    set_seed(config.seed)
     windows = windows if windows is not None else training_windows(tokenizer, config)
     parts = [p for p in config.trainable if p not in ("lora", "lora_head")]
     chosen = trainable_names(model, parts) if parts else set()

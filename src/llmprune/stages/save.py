@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmprune.export.checkpoint import RECORD_FILE, STAGE_FILE, check_output_path, save_pruned
 from llmprune.io import write_directory, write_json
 from llmprune.models.loading import resolve_source
+from llmprune.provenance import environment
 from llmprune.stages.context import StageContext
 from llmprune.stages.state import ModelState
 
@@ -43,7 +44,7 @@ def check(config, state: ModelState) -> Path:
 
 def execute(config: SaveStage, state: ModelState, ctx: StageContext) -> dict:
     out = check(config, state)
-    record = {"model": state.source, "steps": ctx.log}
+    record = {"model": state.source, "environment": environment(), "steps": ctx.log}
     source = state.on_disk()
     if source is None:  # in memory, or weights only a loader can read (hub, .bin)
         save_pruned(state.load(), out, state.masks, record, None, True)
