@@ -92,3 +92,35 @@ def test_a_run_killed_at_a_random_point_resumes_to_the_same_weights(
     assert (tmp_path / "killed" / last).read_bytes() == whole
     log = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
+
+
+def test_a_sweep_killed_midway_resumes_to_the_same_points(tmp_path, tiny_model_dirs):
+    options = [
+        "--methods",
+        "magnitude,wanda",
+        "--sparsity",
+        "0.3,0.5,0.7",
+        "--pattern",
+        "",
+        "--nsamples",
+        4,
+        "--seqlen",
+        32,
+        "--eval-windows",
+        2,
+    ]
+    model = tiny_model_dirs["opt"]
+    finished(cli("sweep", model, *options, "--out", tmp_path / "whole"))
+    process = cli("sweep", model, *options, "--out", tmp_path / "killed")
+    deadline = time.time() + 120
+    while len(list((tmp_path / "killed").glob("points/*.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert len(list((tmp_path / "killed").glob("points/*.json"))) < 7  # killed midway
+    finished(cli("sweep", model, *options, "--out", tmp_path / "killed"))
+    for point in sorted((tmp_path / "whole" / "points").glob("*.json")):
+        whole = json.loads(point.read_text())
+        resumed = json.loads((tmp_path / "killed" / "points" / point.name).read_text())
+        assert resumed["perplexity"] == whole["perplexity"], point.name
+        assert resumed.get("layer_sparsity") == whole.get("layer_sparsity"), point.name
