@@ -68,12 +68,16 @@ def field_parameter(name: str, field) -> inspect.Parameter:
         if default:
             help_text += f" (default: {shown_default(default)})"
         default = None  # the field's own default applies when the option is absent
-    option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+    option = option_name(name)
     flags = [f"{option}/--no-{option[2:]}"] if kind is bool else [option]
     annotation = Annotated[kind, typer.Option(*flags, help=help_text)]
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
     )
+
+
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def shown_default(value: Any) -> str:
@@ -121,6 +125,7 @@ def config_values(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any
 def key_value(item: str, name: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key or not value:
-        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
-        raise LLMPruneError(f"{option} must look like 'PATTERN=0.7' or 'PATTERN=2:4', got {item!r}")
+        raise LLMPruneError(
+            f"{option_name(name)} must look like 'PATTERN=0.7' or 'PATTERN=2:4', got {item!r}"
+        )
     return key, value

@@ -108,17 +108,23 @@ def test_masked_lora_trains_the_model_that_is_shipped(family):
     assert masks.violations(merged) == {}
 
 
+@torch.no_grad()
+def logits_before_and_after_merge(peft_model, masks):
+    """Give the adapters random B (peft starts them at zero), then the logits of the model
+    as trained and of the model merged through the masks."""
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.normal_(std=0.1)
+    ids = train_windows(2)
+    trained = peft_model(input_ids=ids).logits
+    return trained, merge_lora(peft_model, masks)(input_ids=ids).logits
+
+
 def test_plain_lora_is_not_the_model_shipped():
     """The control: a dense adapter, masked only at merge, changes the model at merge."""
     model, masks = pruned()
     peft_model = add_lora(model, list(masks), rank=4)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
-        ids = train_windows(2)
-        trained = peft_model(input_ids=ids).logits
-        shipped = merge_lora(peft_model, masks)(input_ids=ids).logits
+    trained, shipped = logits_before_and_after_merge(peft_model, masks)
     assert not torch.allclose(trained, shipped, atol=1e-3)
 
 
@@ -126,13 +132,7 @@ def test_masked_forward_is_the_merged_weight_on_a_random_adapter():
     model, masks = pruned("gpt2")
     peft_model = add_lora(model, list(masks), rank=4)
     assert mask_adapters(peft_model, masks) == len(masks)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
-        ids = train_windows(2)
-        trained = peft_model(input_ids=ids).logits
-        shipped = merge_lora(peft_model, masks)(input_ids=ids).logits
+    trained, shipped = logits_before_and_after_merge(peft_model, masks)
     assert torch.allclose(trained, shipped, atol=1e-5)
 
 

@@ -1,14 +1,12 @@
 """prune() on whole models of every family: exact sparsity, bad options refused up front."""
 
-import types
-
 import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
 from llmprune.models import find_layout, weight_matrix
 from llmprune.pruning import prune
-from tests.conftest import FAMILIES, VOCAB, build_tiny
+from tests.conftest import FAMILIES, build_tiny
 from tests.pruning.cases import windows
 
 
@@ -33,30 +31,6 @@ def test_every_family_prunes_to_the_exact_sparsity(family, options):
         assert abs(zeros - round(weight_matrix(module).numel() * fraction)) <= 1, name
     logits = model(input_ids=windows(1)).logits
     assert torch.isfinite(logits).all()
-
-
-class OutputObjectModel(torch.nn.Module):
-    """A model whose loop reads an attribute of each block's output: a pass-through
-    recorder cannot stand in for its blocks."""
-
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = torch.nn.Linear(8, 8)
-
-        def forward(self, hidden, scale=1.0):
-            return types.SimpleNamespace(hidden=self.proj(hidden) * scale)
-
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(VOCAB, 8)
-        self.layers = torch.nn.ModuleList([self.Block() for _ in range(3)])
-
-    def forward(self, input_ids, use_cache=False):
-        hidden = self.embed(input_ids)
-        for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, scale=float(index + 1)).hidden
-        return hidden
 
 
 @pytest.mark.parametrize(

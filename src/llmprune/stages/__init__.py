@@ -52,7 +52,7 @@ KINDS: dict[str, StageKind] = {
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
     "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),
-    "export": StageKind(export.ExportStage, export.execute, check=export.check, main_only=True),
+    "export": StageKind(export.ExportStage, export.execute, check=save.check, main_only=True),
 }
 
 

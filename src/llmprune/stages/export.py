@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,12 +38,8 @@ class ExportStage(BaseModel):
         return f"export {self.format} {self.out}"
 
 
-def check(config: ExportStage, state: ModelState) -> Path:
-    return save.check(config, state)
-
-
 def execute(config: ExportStage, state: ModelState, ctx: StageContext) -> dict:
-    out = check(config, state)
+    out = save.check(config, state)  # the same output guard as a save
     loaded = state.load()
     pattern = parse_pattern(config.pattern) if config.pattern else None
     report = export_sparse(loaded, out, pattern, config.values)
