@@ -24,7 +24,13 @@ import time
 from pathlib import Path
 
 from llmprune.errors import LLMPruneError
-from llmprune.export.checkpoint import RECORD_FILE, STAGE_FILE, load_masks, write_checkpoint
+from llmprune.export.checkpoint import (
+    RECORD_FILE,
+    STAGE_FILE,
+    load_manifest,
+    load_masks,
+    write_checkpoint,
+)
 from llmprune.io import write_directory, write_json, write_text
 from llmprune.provenance import environment
 from llmprune.pruning import ModelMasks
@@ -134,6 +140,7 @@ def starting_state(root: Path, recipe: Recipe, steps: list[Step], done: int) -> 
         if (directory / "config.json").is_file():
             state.path, state.pristine = directory, False
             state.masks = load_masks(directory) or ModelMasks()
+            state.manifest = load_manifest(directory)
             break
     return state
 
@@ -224,7 +231,7 @@ def write_step(
             ctx.workdir = None
         written = state.path == tmp  # a streamed prune wrote its checkpoint here
         if step.spec.changes_model and main and not written:
-            write_checkpoint(tmp, state.load(), state.masks)
+            write_checkpoint(tmp, state.load(), state.masks, state.manifest)
         write_json(tmp / STAGE_FILE, record)
 
     if main:

@@ -15,6 +15,7 @@ from llmprune.pruning.masks import MASKS_FILE, ModelMasks
 
 RECORD_FILE = "llmprune.json"  # how a checkpoint was made: the run's step records
 STAGE_FILE = "stage.json"  # one step's record inside a run directory
+MANIFEST_FILE = "pruning_manifest.json"  # what structured prunes kept, scored and removed
 
 
 def check_output_path(out: str | Path, source: str | Path | None, overwrite: bool) -> Path:
@@ -34,9 +35,11 @@ def check_output_path(out: str | Path, source: str | Path | None, overwrite: boo
     return out
 
 
-def write_checkpoint(directory: Path, loaded, masks: ModelMasks | None) -> None:
-    """Model (base weights + unmerged `adapter/` if any), tokenizer and masks into an
-    existing directory; callers make it atomic."""
+def write_checkpoint(
+    directory: Path, loaded, masks: ModelMasks | None, manifest: dict | None = None
+) -> None:
+    """Model (base weights + unmerged `adapter/` if any), tokenizer, masks and the
+    structured-pruning manifest into an existing directory; callers make it atomic."""
     from llmprune.finetune.lora import save_with_adapter
 
     save_with_adapter(loaded.model, Path(directory))
@@ -44,6 +47,8 @@ def write_checkpoint(directory: Path, loaded, masks: ModelMasks | None) -> None:
         loaded.tokenizer.save_pretrained(directory)
     if masks is not None and len(masks):
         masks.save(Path(directory) / MASKS_FILE)
+    if manifest:
+        write_json(Path(directory) / MANIFEST_FILE, manifest)
 
 
 def save_pruned(
@@ -53,12 +58,13 @@ def save_pruned(
     record: dict | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
+    manifest: dict | None = None,
 ) -> Path:
     """Write model, tokenizer, masks and record into `out` atomically."""
     out = check_output_path(out, source, overwrite)
 
     def fill(tmp: Path) -> None:
-        write_checkpoint(tmp, loaded, masks)
+        write_checkpoint(tmp, loaded, masks, manifest)
         write_json(tmp / RECORD_FILE, record or {})
 
     return write_directory(out, fill, overwrite=overwrite)
@@ -70,10 +76,18 @@ def load_masks(directory: str | Path) -> ModelMasks | None:
     return ModelMasks.load(path) if path.is_file() else None
 
 
+def load_manifest(directory: str | Path) -> dict | None:
+    """The structured-pruning manifest saved beside a model, or None."""
+    path = Path(directory) / MANIFEST_FILE
+    return read_json_file(path) if path.is_file() else None
+
+
 def load_record(directory: str | Path) -> dict:
     path = Path(directory) / RECORD_FILE
-    if not path.is_file():
-        return {}
+    return read_json_file(path) if path.is_file() else {}
+
+
+def read_json_file(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

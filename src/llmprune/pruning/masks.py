@@ -58,6 +58,9 @@ class ModelMasks:
         self.packed[name] = pack(mask)
         self.shapes[name] = tuple(mask.shape)
 
+    def __delitem__(self, name: str) -> None:
+        del self.packed[name], self.shapes[name]
+
     def copy(self) -> ModelMasks:
         """An independent set of the same masks (packed tensors are never changed in place)."""
         twin = ModelMasks()

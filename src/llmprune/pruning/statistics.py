@@ -115,3 +115,39 @@ class Hessian(Statistic):
             fixed = with_dead_inputs_fixed(self.matrix)
             self._factors[damping] = inverse_hessian_factor(fixed, damping, self.layer)
         return self._factors[damping]
+
+
+class ChannelMoments(Statistic):
+    """Per-input-channel sum and sum of squares: ‖X_j‖ (Wanda-sp), the mean and the
+    variance across tokens (FLAP's fluctuation and its bias compensation)."""
+
+    def __init__(self, in_features: int, layer: str, device: torch.device | str = "cpu"):
+        super().__init__(in_features, layer, device)
+        self.sum = torch.zeros(in_features, dtype=torch.float64, device=self.device)
+        self.squared = torch.zeros(in_features, dtype=torch.float64, device=self.device)
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = flat_inputs(x, self.layer).double()
+        self.sum += x.sum(dim=0)
+        self.squared += x.pow(2).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    def _checked_tokens(self) -> int:
+        if self.tokens == 0:
+            raise LLMPruneError(f"layer {self.layer} saw no calibration tokens")
+        return self.tokens
+
+    @property
+    def norms(self) -> torch.Tensor:
+        return self.squared.sqrt().float()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.sum / self._checked_tokens()).float()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Variance over tokens (the sample variance FLAP uses, with n - 1)."""
+        n = self._checked_tokens()
+        centred = self.squared - self.sum.pow(2) / n
+        return (centred / max(n - 1, 1)).clamp_min(0).float()

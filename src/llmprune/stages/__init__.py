@@ -17,9 +17,10 @@ from pydantic import BaseModel
 from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.config import FinetuneConfig
 from llmprune.pruning.config import PruneConfig
-from llmprune.stages import evaluate, export, finetune, iterative, prune, save
+from llmprune.stages import evaluate, export, finetune, iterative, prune, save, structured
 from llmprune.stages.context import EvalSettings, StageContext
 from llmprune.stages.state import ModelState
+from llmprune.structured.config import StructuredConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ KINDS: dict[str, StageKind] = {
         finetune.execute,
         changes_model=True,
         run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
+    ),
+    "structured": StageKind(
+        StructuredConfig,
+        structured.execute,
+        changes_model=True,
+        run_defaults=(("calib", "data"), ("seed", "seed"), ("device", "device")),
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
     "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from llmprune.evaluate.resources import peak_device_mb, peak_rss_mb
+from llmprune.export.checkpoint import MANIFEST_FILE
 from llmprune.finetune.lora import refresh_adapter_masks
+from llmprune.io import write_json
 from llmprune.models.streaming import NotStreamable
 from llmprune.pruning import PruneConfig, PruneResult, prune
 from llmprune.pruning.masks import MASKS_FILE
@@ -99,6 +101,8 @@ def prune_streamed(
         streamed.model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     result.masks.save(out / MASKS_FILE)
+    if state.manifest:
+        write_json(out / MANIFEST_FILE, state.manifest)
     state.masks = result.masks
     state.written_to(out)
     return record

@@ -47,7 +47,7 @@ def execute(config: SaveStage, state: ModelState, ctx: StageContext) -> dict:
     record = {"model": state.source, "environment": environment(), "steps": ctx.log}
     source = state.on_disk()
     if source is None:  # in memory, or weights only a loader can read (hub, .bin)
-        save_pruned(state.load(), out, state.masks, record, None, True)
+        save_pruned(state.load(), out, state.masks, record, None, True, state.manifest)
     else:
         owned = ctx.in_scratch(source)
         write_directory(out, lambda tmp: fill_from(source, tmp, record, owned), True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from llmprune.export.checkpoint import load_manifest
 from llmprune.finetune.lora import ADAPTER_DIR
 from llmprune.models import LoadedModel
 from llmprune.models.loading import is_sparse_folder, resolve_source
@@ -31,13 +32,20 @@ class ModelState:
     loaded: LoadedModel | None = None
     masks: ModelMasks = field(default_factory=ModelMasks)
     pristine: bool = True  # still the input's weights: dense pre-passes (OWL) may be shared
+    manifest: dict | None = None  # what structured prunes removed, saved with the model
 
     def __post_init__(self) -> None:
-        """A pruned checkpoint brings its masks: later stages must keep them too."""
-        if not len(self.masks):
-            directory = self.path or local_dir(self.source)
-            if directory is not None and (directory / MASKS_FILE).is_file():
-                self.masks = ModelMasks.load(directory / MASKS_FILE)
+        """A pruned checkpoint brings its masks (later stages must keep them too) and
+        its structured-pruning manifest (later passes add to it)."""
+        self.read_companions(self.path or local_dir(self.source))
+
+    def read_companions(self, directory: Path | None) -> None:
+        if directory is None:
+            return
+        if not len(self.masks) and (directory / MASKS_FILE).is_file():
+            self.masks = ModelMasks.load(directory / MASKS_FILE)
+        if self.manifest is None:
+            self.manifest = load_manifest(directory)
 
     def load(self) -> LoadedModel:
         """The model in memory (on the CPU; stages move it to their device)."""

@@ -1,0 +1,410 @@
+"""The structured prune driver: score blocks, heads and FFN channels on calibration
+windows, remove the weakest physically, and describe what was kept in a manifest.
+
+Blocks are scored first, on the dense model, and dropped. Widths are then cut block by
+block with the sequential driver (one block on the device at a time; each block is
+scored on the outputs of the already-pruned blocks before it), except for Taylor scores,
+which need one backward pass through the whole model. Every block keeps the same number
+of heads and channels (which ones may differ), so the result is a plain transformers
+model of a smaller config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from llmprune.data import calibration_sample
+from llmprune.errors import LLMPruneError
+from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
+from llmprune.models.loading import max_context
+from llmprune.pruning.masks import ModelMasks
+from llmprune.pruning.sequential import collect_statistics, walk_blocks
+from llmprune.pruning.statistics import ChannelMoments
+from llmprune.structured import scores as S
+from llmprune.structured.config import StructuredConfig
+from llmprune.structured.surgery import (
+    add_to_bias,
+    drop_blocks,
+    keep_ffn,
+    keep_heads,
+    set_config_widths,
+)
+from llmprune.structured.units import Attention, check_unwrapped, find_attention, find_ffn
+
+
+@dataclass(frozen=True)
+class WidthPlan:
+    """How many units every block keeps, decided and checked before any work."""
+
+    ffn_width: int | None = None  # FFN channels before
+    ffn_keep: int | None = None
+    heads: int | None = None  # query heads before
+    kv_heads: int | None = None
+    group_size: int | None = None
+    head_dim: int | None = None
+    keep_groups: int | None = None  # kv-group mode: key-value groups kept
+    keep_per_group: int | None = None  # query mode: query heads kept in every group
+
+    @property
+    def kept_heads(self) -> tuple[int, int] | None:
+        """(query heads, key-value heads) after the prune."""
+        if self.heads is None:
+            return None
+        if self.keep_groups is not None:
+            return self.keep_groups * self.group_size, self.keep_groups
+        return self.keep_per_group * self.kv_heads, self.kv_heads
+
+
+@dataclass
+class StructuredResult:
+    manifest: dict
+    masks: ModelMasks = field(default_factory=ModelMasks)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The manifest without per-unit lists: what a step record and a table need."""
+        return {k: v for k, v in self.manifest.items() if k not in ("layers", "block_scores")}
+
+
+def nearest(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def plan_widths(model: nn.Module, layout: ModelLayout, config: StructuredConfig) -> WidthPlan:
+    """Check the removal fits the model and say what every block keeps."""
+    removal, model_config = config.removal, model.config
+    if removal.blocks >= layout.num_blocks:
+        raise LLMPruneError(
+            f"structured: blocks={removal.blocks} would drop every block "
+            f"(the model has {layout.num_blocks})"
+        )
+    plan: dict = {}
+    if removal.ffn:
+        widths = {find_ffn(block, model_config.model_type).width for block in layout.blocks}
+        if len(widths) != 1:
+            raise LLMPruneError("structured: blocks differ in FFN width; cannot cut them evenly")
+        width = widths.pop()
+        keep = S.kept_width(width, removal.ffn, config.multiple)
+        if keep >= width:
+            raise LLMPruneError(
+                f"structured: ffn={removal.ffn:g} removes no channel of {width} once widths are "
+                f"rounded to multiples of {config.multiple}; lower --multiple or raise ffn"
+            )
+        plan.update(ffn_width=width, ffn_keep=keep)
+    if removal.heads:
+        attention = find_attention(layout.blocks[0], model_config)
+        plan.update(plan_heads(attention, removal.heads, config))
+    return WidthPlan(**plan)
+
+
+def plan_heads(attention: Attention, fraction: float, config: StructuredConfig) -> dict:
+    heads, kv, group = attention.num_heads, attention.num_kv_heads, attention.group_size
+    plan = dict(heads=heads, kv_heads=kv, group_size=group, head_dim=attention.head_dim)
+    if config.head_unit == "kv-group" or group == 1:
+        keep, units, what = nearest(kv * (1 - fraction)), kv, "key-value groups"
+        plan["keep_groups"] = keep
+    else:
+        keep, units, what = nearest(group * (1 - fraction)), group, "query heads per group"
+        plan["keep_per_group"] = keep
+    if keep <= 0:
+        raise LLMPruneError(
+            f"structured: heads={fraction:g} would remove every head ({units} {what})"
+        )
+    if keep >= units:
+        raise LLMPruneError(
+            f"structured: heads={fraction:g} removes no head: the model has {units} {what}, "
+            f"so heads moves in steps of 1/{units}"
+            + ("; try --head-unit query" if what == "key-value groups" and group > 1 else "")
+        )
+    return plan
+
+
+def block_parameters(layout: ModelLayout) -> int:
+    return sum(p.numel() for p in layout.blocks.parameters())
+
+
+def model_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def structured_prune(
+    model: nn.Module,
+    tokenizer=None,
+    config: StructuredConfig | None = None,
+    calibration: torch.Tensor | None = None,
+    masks: ModelMasks | None = None,
+    progress: bool = True,
+    **options,
+) -> StructuredResult:
+    """Remove blocks, heads and FFN channels of `model` in place.
+
+    `config` (or keyword options: remove="ffn=0.3,heads=0.25", score="flap", ...) says
+    what and how; `calibration` ([n, seqlen] token ids) overrides sampling from
+    `config.calib`. `masks` of an earlier unstructured prune are sliced along (in
+    place), so the weights that stay pruned stay pruned.
+    """
+    from llmprune.structured.config import make_structured_config
+
+    config = config or make_structured_config(**options)
+    start = time.perf_counter()
+    check_unwrapped(model)
+    layout = find_layout(model)
+    plan = plan_widths(model, layout, config)
+    windows = calibration
+    if windows is None:
+        windows = calibration_sample(
+            tokenizer,
+            config.calib,
+            config.nsamples,
+            config.seqlen,
+            config.seed,
+            max_context(model.config),
+        )
+    masks = masks if masks is not None else ModelMasks()
+    before = {"model": model_parameters(model), "blocks": block_parameters(layout)}
+    manifest: dict = {
+        "removal": asdict(config.removal) | {"spec": str(config.removal)},
+        "score": config.score,
+        "calibration": {
+            "data": config.calib,
+            "windows": int(windows.shape[0]),
+            "seqlen": int(windows.shape[1]),
+            "seed": config.seed,
+        },
+    }
+    if config.removal.blocks:
+        layout = remove_blocks(model, layout, windows, config, masks, manifest, progress)
+    if plan.ffn_keep is not None or plan.heads is not None:
+        cut_widths(model, layout, windows, config, plan, masks, manifest, progress)
+    after = {"model": model_parameters(model), "blocks": block_parameters(layout)}
+    manifest["parameters"] = {"before": before, "after": after}
+    manifest["achieved"] = achieved(plan, config)
+    return StructuredResult(manifest=manifest, masks=masks, seconds=time.perf_counter() - start)
+
+
+def achieved(plan: WidthPlan, config: StructuredConfig) -> dict:
+    """The fractions really removed, after rounding to whole units and multiples."""
+    result: dict = {"blocks": config.removal.blocks}
+    if plan.ffn_keep is not None:
+        result["ffn"] = 1 - plan.ffn_keep / plan.ffn_width
+        result["intermediate_size"] = [plan.ffn_width, plan.ffn_keep]
+    if plan.kept_heads is not None:
+        query, kv = plan.kept_heads
+        result["heads"] = 1 - query / plan.heads
+        result["num_attention_heads"] = [plan.heads, query]
+        result["num_key_value_heads"] = [plan.kv_heads, kv]
+    return result
+
+
+def remove_blocks(model, layout, windows, config, masks, manifest, progress) -> ModelLayout:
+    """Score blocks on the dense model and drop the weakest (or the weakest run)."""
+    count = config.removal.blocks
+    consecutive = config.block_score == "angular"
+    span = count if consecutive else 1
+    history: deque[list[torch.Tensor]] = deque(maxlen=span + 1)
+    block_scores: dict[int, float] = {}
+
+    def record(position: int) -> None:
+        """history[-1] holds the inputs of block `position` (outputs of the one before)."""
+        if len(history) == span + 1:
+            measure = S.angular_distance if consecutive else S.block_influence
+            block_scores[position - span] = measure(history[0], history[-1])
+
+    def visit(index: int, _block: nn.Module, inputs) -> None:
+        history.append([item.hidden for item in inputs])
+        record(index)
+
+    final = walk_blocks(
+        model,
+        layout,
+        windows,
+        visit,
+        config.batch_size,
+        config.device,
+        f"scoring blocks ({config.block_score})",
+        progress,
+    )
+    history.append([item.hidden for item in final])
+    record(layout.num_blocks)
+    history.clear()
+    ordered = [block_scores[i] for i in sorted(block_scores)]
+    drop = S.blocks_to_drop(ordered, count, consecutive)
+    manifest["block_score"] = config.block_score
+    manifest["block_scores"] = ordered
+    manifest["dropped_blocks"] = drop
+    return drop_blocks(model, layout, drop, masks)
+
+
+def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) -> None:
+    """Remove heads and FFN channels block by block."""
+    device = torch.device(config.device)
+    importance = None
+    if config.score == "taylor":
+        importance = taylor_importance(model, layout, windows, config)
+    layers: list[dict] = []
+
+    def visit(index: int, block: nn.Module, inputs) -> None:
+        prefix = f"{layout.blocks_path}.{index}."
+        ffn = find_ffn(block, model.config.model_type) if plan.ffn_keep is not None else None
+        attention = find_attention(block, model.config) if plan.heads is not None else None
+        stats = {}
+        if importance is None:
+            outputs = {}
+            if ffn is not None:
+                outputs["ffn"] = ffn.output
+            if attention is not None:
+                outputs["heads"] = attention.o
+            stats = collect_statistics(
+                block,
+                index,
+                outputs,
+                lambda n, m: ChannelMoments(weight_matrix(m).shape[1], prefix + n, device),
+                inputs,
+                device,
+            )
+        entry: dict = {"block": index}
+        if ffn is not None:
+            entry["ffn"] = cut_ffn(ffn, plan, config, stats.get("ffn"), importance, prefix, masks)
+        if attention is not None:
+            entry["heads"] = cut_heads(
+                attention, plan, config, stats.get("heads"), importance, prefix, masks
+            )
+        layers.append(entry)
+
+    walk_blocks(
+        model,
+        layout,
+        None if importance is not None else windows,
+        visit,
+        config.batch_size,
+        config.device,
+        f"structured {config.label}",
+        progress,
+    )
+    heads = plan.kept_heads
+    set_config_widths(
+        model.config,
+        find_ffn(layout.blocks[0], model.config.model_type).names.config_key
+        if plan.ffn_keep is not None
+        else None,
+        plan.ffn_keep,
+        (heads[0], heads[1], plan.head_dim) if heads is not None else None,
+    )
+    manifest["layers"] = layers
+
+
+def channel_scores(score, weight, stats, importance, name) -> torch.Tensor:
+    """Per input channel of an output projection (o_proj, down_proj)."""
+    if score == "wanda-sp":
+        return S.wanda_sp(weight, stats.norms.to(weight.device))
+    if score == "flap":
+        return S.fluctuation(weight, stats.variance.to(weight.device))
+    return importance[name].sum(dim=0)
+
+
+def compensate(module: nn.Module, stats, kept: list[int], channels: int) -> None:
+    """FLAP: fold the removed channels' mean contribution into the output bias."""
+    if stats is None or getattr(module, "bias", None) is None:
+        return
+    kept_set = set(kept)
+    removed = [c for c in range(channels) if c not in kept_set]
+    add_to_bias(module, S.bias_compensation(weight_matrix(module), stats.mean, removed))
+
+
+def cut_ffn(ffn, plan, config, stats, importance, prefix, masks) -> dict:
+    names = ffn.names
+    scores = channel_scores(
+        config.score, weight_matrix(ffn.output), stats, importance, prefix + names.output
+    )
+    if importance is not None:  # Taylor: the rows of the input projections count too
+        for name in names.inputs:
+            scores = scores + importance[prefix + name].sum(dim=1)
+    kept = S.top_units(scores, plan.ffn_keep)
+    if config.score == "flap":
+        compensate(ffn.output, stats, kept, plan.ffn_width)
+    keep_ffn(ffn, kept, prefix, masks)
+    return {"kept": kept, "scores": [round(float(s), 6) for s in scores]}
+
+
+def cut_heads(attention, plan, config, stats, importance, prefix, masks) -> dict:
+    names, dim, group = attention.names, attention.head_dim, plan.group_size
+    channel = channel_scores(
+        config.score, weight_matrix(attention.o), stats, importance, prefix + names.o
+    )
+    if importance is not None:
+        channel = channel + importance[prefix + names.q].sum(dim=1)
+    head_scores = S.grouped(channel, dim)
+    if plan.keep_groups is not None:
+        group_scores = S.grouped(head_scores, group)
+        if importance is not None:  # a key-value group also takes its k and v rows along
+            kv_rows = importance[prefix + names.k].sum(dim=1) + importance[prefix + names.v].sum(1)
+            group_scores = group_scores + S.grouped(kv_rows, dim)
+        kv_heads = S.top_units(group_scores, plan.keep_groups)
+        query_heads = [g * group + j for g in kv_heads for j in range(group)]
+    else:
+        kv_heads = list(range(plan.kv_heads))
+        query_heads = [
+            g * group + j
+            for g in kv_heads
+            for j in S.top_units(head_scores[g * group : (g + 1) * group], plan.keep_per_group)
+        ]
+    if config.score == "flap":
+        kept_channels = [h * dim + c for h in query_heads for c in range(dim)]
+        compensate(attention.o, stats, kept_channels, plan.heads * dim)
+    keep_heads(attention, query_heads, kv_heads, prefix, masks)
+    return {
+        "kept": query_heads,
+        "kv_kept": kv_heads,
+        "scores": [round(float(s), 6) for s in head_scores],
+    }
+
+
+def taylor_importance(
+    model: nn.Module, layout: ModelLayout, windows: torch.Tensor, config: StructuredConfig
+) -> dict[str, torch.Tensor]:
+    """|W ⊙ ∂L/∂W| of every block linear, the language-model loss summed over the
+    calibration windows (one backward pass per batch, whole model on the device)."""
+    if torch.is_inference_mode_enabled():
+        raise LLMPruneError("structured: taylor scores need gradients; not in inference mode")
+    linears = layout.linears()
+    for name, module in linears.items():
+        if not module.weight.dtype.is_floating_point:
+            raise LLMPruneError(
+                f"structured: taylor scores need gradients, and {name} holds "
+                f"{module.weight.dtype} weights; use wanda-sp or flap"
+            )
+    device = torch.device(config.device)
+    home = next(model.parameters()).device
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for param in model.parameters():
+        param.requires_grad_(False)
+        param.grad = None
+    for module in linears.values():
+        module.weight.requires_grad_(True)
+    model.to(device)
+    try:
+        with torch.enable_grad():
+            for batch in torch.split(windows, config.batch_size):
+                batch = batch.to(device)
+                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                (loss * batch.shape[0] / windows.shape[0]).backward()
+        importance = {}
+        for name, module in linears.items():
+            grad = module.weight.grad
+            if grad is None:
+                raise LLMPruneError(f"structured: no gradient reached {name}")
+            grad = grad.t() if isinstance(module, Conv1D) else grad
+            importance[name] = S.taylor(weight_matrix(module), grad)
+    finally:
+        for param, flag in trainable.items():
+            param.grad = None
+            param.requires_grad_(flag)
+        model.to(home)
+    return importance
