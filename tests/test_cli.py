@@ -148,6 +148,12 @@ def test_prune_refuses_to_overwrite(monkeypatch, capsys, tiny_model_dirs, tmp_pa
         (["--method", "wanda", "--pattern", "2:5"], "does not divide"),
         (["--method", "wanda", "--pattern", "5:4"], "N < M"),
         (["--method", "wanda", "--sparsity", "0.5", "--override", "oops"], "--override"),
+        (["--structured", "ffn=0.5", "--sparsity", "0.5"], "do not go together"),
+        (["--structured", "heads=0.5"], "computes the head size from hidden_size"),
+        (["--structured", "blocks=2"], "would drop every block"),
+        (["--structured", "ffn=1"], "would remove every FFN channel"),
+        (["--structured", "ffn=0.5", "--score", "magic"], "score"),
+        ([], "give a sparsity"),
     ],
 )
 def test_prune_bad_options(monkeypatch, capsys, tiny_model_dirs, tmp_path, args, message):
@@ -264,3 +270,20 @@ def test_export_eval_and_densify_a_sparse_folder(monkeypatch, capsys, tiny_model
     assert code == 2 and "is not 2:4" in stderr and not (tmp_path / "nm").exists()
     code, _, stderr = run_cli(monkeypatch, capsys, "densify", pruned, "--out", tmp_path / "x")
     assert code == 2 and "not an exported sparse folder" in stderr
+
+
+def test_prune_structured_saves_a_smaller_model(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "small"
+    args = ["prune", tiny_model_dirs["llama"], "--structured", "ffn=0.5,heads=0.5"]
+    args += ["--score", "flap", "--multiple", 8, "--nsamples", 4, "--seqlen", 32, "--out", out]
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, stderr
+    assert "parameters" in stdout and "flap ffn=0.5,heads=0.5" in stdout
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 64 and model.config.num_key_value_heads == 1
+    record = json.loads((out / "llmprune.json").read_text())
+    structured = record["steps"][0]["structured"]
+    assert structured["parameters"]["after"]["model"] == sum(p.numel() for p in model.parameters())
+    assert (out / "pruning_manifest.json").is_file()

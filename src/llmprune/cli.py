@@ -19,6 +19,7 @@ from llmprune.compare import CompareConfig
 from llmprune.errors import LLMPruneError
 from llmprune.pruning.config import PruneConfig
 from llmprune.stages.export import ExportStage
+from llmprune.structured.config import StructuredConfig
 from llmprune.sweep import SweepConfig
 
 app = typer.Typer(
@@ -116,7 +117,7 @@ def inspect_command(
 @app.command("prune")
 @config_options
 def prune_command(
-    config: PruneConfig,
+    config: PruneConfig | StructuredConfig,
     model: ModelArg = "smollm2",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("pruned"),
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Dense vs pruned ppl.")] = True,
@@ -128,7 +129,11 @@ def prune_command(
     ] = True,
     dtype: DtypeOpt = "float32",
 ) -> None:
-    """Prune MODEL one-shot and save a checkpoint that transformers loads."""
+    """Prune MODEL one-shot and save a checkpoint that transformers loads.
+
+    Unstructured (--sparsity) or N:M (--pattern) with --method; or structured
+    (--structured ffn=0.3,heads=0.25,blocks=2 with --score), which removes units and
+    saves a smaller model."""
     from llmprune.plans import prune_and_save, summary
 
     records = prune_and_save(
@@ -144,16 +149,23 @@ def prune_command(
         echo=console.print,
     )
     result = summary(records)
+    structured = result["structured"]
+    size = "parameters" if structured else "sparsity"
     table = Table(title=f"{result['label']} on {model}")
-    for column in ("model", "perplexity", "sparsity", "seconds", "peak RSS MiB"):
+    for column in ("model", "perplexity", size, "seconds", "peak RSS MiB"):
         table.add_column(column, justify="right")
+    if structured:
+        before, after = (structured["parameters"][k]["model"] for k in ("before", "after"))
+        dense_size, pruned_size = f"{before:,}", f"{after:,} ({after / before:.1%})"
+    else:
+        dense_size, pruned_size = "0.00%", f"{result['sparsity']:.2%}"
     if result["dense_perplexity"] is not None:
-        table.add_row("dense", f"{result['dense_perplexity']:.3f}", "0.00%", "", "")
+        table.add_row("dense", f"{result['dense_perplexity']:.3f}", dense_size, "", "")
     pruned_ppl = result["perplexity"]
     table.add_row(
         "pruned",
         f"{pruned_ppl:.3f}" if pruned_ppl is not None else "-",
-        f"{result['sparsity']:.2%}",
+        pruned_size,
         f"{result['prune_seconds']:.1f}",
         f"{result['peak_rss_mb']:.0f}",
     )

@@ -22,29 +22,37 @@ from pydantic_core import PydanticUndefined
 from llmprune.errors import LLMPruneError, validated
 
 # list fields take repeated options or comma-separated values; dict fields take KEY=VALUE
-OPTION_NAMES = {"overrides": "--override"}
+OPTION_NAMES = {"overrides": "--override", "remove": "--structured"}
 
 
 def config_options(body: Callable) -> Callable:
-    """Replace each config-model parameter of `body` by options for its fields."""
+    """Replace each config-model parameter of `body` by options for its fields.
+
+    A parameter typed as a union of config models (`PruneConfig | StructuredConfig`)
+    gets the options of all of them; the options given pick which one is built.
+    """
     signature = inspect.signature(body, eval_str=True)
     own = [p for p in signature.parameters.values() if not is_config(p.annotation)]
-    configs = {p.name: p.annotation for p in signature.parameters.values() if is_config(p)}
+    configs = {
+        p.name: config_members(p.annotation)
+        for p in signature.parameters.values()
+        if is_config(p.annotation)
+    }
     own_names = {p.name for p in own}
-    fields = [
-        (name, field)
-        for cls in configs.values()
-        for name, field in cls.model_fields.items()
-        if name not in own_names
-    ]
-    parameters = own + [field_parameter(name, field) for name, field in fields]
+    fields: dict[str, Any] = {}
+    for members in configs.values():
+        for cls in members:
+            for name, field in cls.model_fields.items():
+                if name not in own_names:
+                    fields.setdefault(name, field)
+    parameters = own + [field_parameter(name, field) for name, field in fields.items()]
 
     @functools.wraps(body)
     def command(**values: Any):
-        built = {
-            argument: validated(cls, config_values(cls, values))
-            for argument, cls in configs.items()
-        }
+        built = {}
+        for argument, members in configs.items():
+            cls = chosen_member(members, values, fields)
+            built[argument] = validated(cls, config_values(cls, values))
         return body(**{name: values[name] for name in own_names}, **built)
 
     command.__signature__ = inspect.Signature(parameters)
@@ -53,21 +61,62 @@ def config_options(body: Callable) -> Callable:
     return command
 
 
+def config_members(annotation: Any) -> tuple[type[BaseModel], ...]:
+    """The config models a parameter accepts: one, or the members of a union of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+            return members
+    return ()
+
+
 def is_config(annotation: Any) -> bool:
-    if isinstance(annotation, inspect.Parameter):
-        annotation = annotation.annotation
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return bool(config_members(annotation))
+
+
+def chosen_member(
+    members: tuple[type[BaseModel], ...], values: dict[str, Any], fields: dict[str, Any]
+) -> type[BaseModel]:
+    """The member whose own options (ones no other member has) were given; the first
+    member when none were. Options of two members at once are an error."""
+    if len(members) == 1:
+        return members[0]
+    given = {
+        name
+        for name, value in values.items()
+        if name in fields and value is not None and value != option_default(fields[name])
+    }
+    picked = {}
+    for cls in members:
+        others = {n for other in members if other is not cls for n in other.model_fields}
+        mine = sorted(given & (set(cls.model_fields) - others))
+        if mine:
+            picked[cls] = mine
+    if len(picked) > 1:
+        first, second = (option_name(names[0]) for names in picked.values())
+        raise LLMPruneError(f"{first} and {second} do not go together")
+    return next(iter(picked), members[0])
+
+
+def field_default(field) -> Any:
+    if field.default is PydanticUndefined:
+        return field.default_factory() if field.default_factory else None
+    return field.default
+
+
+def option_default(field) -> Any:
+    """What the option holds when absent: the field's default (None for lists and dicts,
+    whose own default applies when the config is built)."""
+    return None if is_collection(field.annotation) else field_default(field)
 
 
 def field_parameter(name: str, field) -> inspect.Parameter:
-    kind, default = cli_type(field.annotation), field.default
-    if default is PydanticUndefined:
-        default = field.default_factory() if field.default_factory else None
+    kind, default = cli_type(field.annotation), option_default(field)
     help_text = field.description or ""
-    if is_collection(field.annotation):
-        if default:
-            help_text += f" (default: {shown_default(default)})"
-        default = None  # the field's own default applies when the option is absent
+    if is_collection(field.annotation) and field_default(field):
+        help_text += f" (default: {shown_default(field_default(field))})"
     option = option_name(name)
     flags = [f"{option}/--no-{option[2:]}"] if kind is bool else [option]
     annotation = Annotated[kind, typer.Option(*flags, help=help_text)]

@@ -28,4 +28,6 @@ def one_line(exc: ValidationError) -> str:
     message = error.get("msg", "invalid value").removeprefix("Value error, ")
     if where == "method" and message.startswith("unknown method"):
         return message
+    if message.startswith(f"{where}: ") or message.startswith("structured: "):
+        return message  # the validator's message already names what it is about
     return f"{where}: {message}" if where else message

@@ -15,10 +15,13 @@ from llmprune.pruning import PruneConfig
 from llmprune.run import execute_plan
 from llmprune.stages import EvalSettings, ModelState, StageContext, Step, make_steps
 from llmprune.stages.state import SharedInputs
+from llmprune.structured import StructuredConfig
 
 
-def prune_plan(config: PruneConfig, out: str | Path, evaluate: bool, overwrite: bool) -> list[Step]:
-    steps = [Step("prune", config)]
+def prune_plan(
+    config: PruneConfig | StructuredConfig, out: str | Path, evaluate: bool, overwrite: bool
+) -> list[Step]:
+    steps = [Step("structured" if isinstance(config, StructuredConfig) else "prune", config)]
     steps += make_steps("save", {"out": str(out), "overwrite": overwrite}, None)
     if evaluate:
         steps += make_steps("evaluate", {"reference": True}, None)
@@ -29,7 +32,7 @@ def prune_plan(config: PruneConfig, out: str | Path, evaluate: bool, overwrite: 
 def prune_and_save(
     model_source: str,
     out: str | Path,
-    config: PruneConfig,
+    config: PruneConfig | StructuredConfig,
     dtype: str = "float32",
     evaluate: bool = True,
     data: str = "pydoc",
@@ -40,8 +43,9 @@ def prune_and_save(
     echo=print,
     calibration: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Prune `model_source` one-shot into `out`, then measure dense and pruned perplexity
-    (on windows as long as the calibration's). Returns the step records.
+    """Prune `model_source` one-shot (unstructured, N:M, or structured) into `out`, then
+    measure dense and pruned perplexity (on windows as long as the calibration's).
+    Returns the step records.
 
     `calibration` ([n, seqlen] token ids) replaces sampling from `config.calib`."""
     ctx = StageContext(
@@ -60,7 +64,7 @@ def prune_and_save(
 def summary(records: list[dict]) -> dict:
     """The numbers a one-shot prune reports, from its step records."""
     by_label = {r["label"]: r for r in records}
-    pruned = next(r for r in records if r["kind"] == "prune")
+    pruned = next(r for r in records if r["kind"] in ("prune", "structured"))
     dense = by_label.get("evaluate (dense)", {})
     after = by_label.get("evaluate", {})
     return {
@@ -69,6 +73,7 @@ def summary(records: list[dict]) -> dict:
         "prune_seconds": pruned["prune_seconds"],
         "peak_rss_mb": pruned["peak_rss_mb"],
         "streamed": pruned["streamed"],
+        "structured": pruned.get("structured"),
         "dense_perplexity": dense.get("perplexity"),
         "perplexity": after.get("perplexity"),
         "out": next((r["out"] for r in records if r["kind"] == "save"), None),

@@ -64,13 +64,13 @@ def number(key: str, raw) -> float | int:
         raise LLMPruneError(f"structured: {key} must be {kind}, got {text!r}") from None
     if key == "blocks" and value < 0:
         raise LLMPruneError(f"structured: blocks must be >= 0, got {value}")
-    if key != "blocks" and not 0.0 <= value < 1.0:
+    if key != "blocks" and value >= 1.0:
+        unit = "head" if key == "heads" else "FFN channel"
         raise LLMPruneError(
-            f"structured: {key}={value:g} would remove every {key[:-1] if key == 'heads' else key}"
-            " unit; give a fraction in [0, 1)"
-            if value >= 1.0
-            else f"structured: {key} must be a fraction in [0, 1), got {value:g}"
+            f"structured: {key}={value:g} would remove every {unit}; give a fraction in [0, 1)"
         )
+    if key != "blocks" and value < 0.0:
+        raise LLMPruneError(f"structured: {key} must be a fraction in [0, 1), got {value:g}")
     return value
 
 
@@ -105,7 +105,7 @@ class StructuredConfig(BaseModel):
         try:
             return str(parse_removal(value))
         except LLMPruneError as exc:
-            raise ValueError(str(exc).removeprefix("structured: ")) from None
+            raise ValueError(str(exc)) from None
 
     @property
     def removal(self) -> Removal:
