@@ -37,8 +37,14 @@ def test_top_units_keeps_the_highest_in_original_order_and_breaks_ties_low():
 
 @pytest.mark.parametrize(
     ("width", "fraction", "multiple", "kept"),
-    [(1536, 0.3, 32, 1088), (1536, 0.5, 32, 768), (128, 0.5, 8, 64), (128, 0.1, 32, 128),
-     (100, 0.99, 32, 32), (20, 0.5, 32, 20)],
+    [
+        (1536, 0.3, 32, 1088),
+        (1536, 0.5, 32, 768),
+        (128, 0.5, 8, 64),
+        (128, 0.1, 32, 128),
+        (100, 0.99, 32, 32),
+        (20, 0.5, 32, 20),
+    ],
 )
 def test_kept_width_rounds_to_the_nearest_multiple(width, fraction, multiple, kept):
     assert S.kept_width(width, fraction, multiple) == kept

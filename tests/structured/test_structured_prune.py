@@ -252,20 +252,34 @@ def test_taylor_needs_gradients():
         cut(model, "ffn=0.5", score="taylor")
 
 
-def test_a_structured_recipe_saves_a_model_with_its_manifest_and_recovers(tmp_path, tiny_model_dirs):
+def test_a_structured_recipe_saves_its_manifest_and_recovers(tmp_path, tiny_model_dirs):
     import yaml
 
     from llmprune.recipe import load_recipe
     from llmprune.run import run_recipe
 
+    small = {"nsamples": 4, "seqlen": 32}
     recipe = {
         "model": str(tiny_model_dirs["llama"]),
         "eval": {"seqlen": 32, "max_windows": 2},
         "stages": [
-            {"structured": {"remove": "ffn=0.5,heads=0.5", "multiple": 8, "nsamples": 4,
-                            "seqlen": 32, "score": "flap"}},
-            {"finetune": {"trainable": ["norms", "lora"], "steps": 2, "batch_size": 2, "seqlen": 32}},
-            {"structured": {"remove": {"blocks": 1}, "nsamples": 4, "seqlen": 32}},
+            {
+                "structured": {
+                    "remove": "ffn=0.5,heads=0.5",
+                    "multiple": 8,
+                    "score": "flap",
+                    **small,
+                }
+            },
+            {
+                "finetune": {
+                    "trainable": ["norms", "lora"],
+                    "steps": 2,
+                    "batch_size": 2,
+                    "seqlen": 32,
+                }
+            },
+            {"structured": {"remove": {"blocks": 1}, **small}},
             {"save": {"out": str(tmp_path / "small")}},
         ],
     }
