@@ -287,3 +287,18 @@ def test_prune_structured_saves_a_smaller_model(monkeypatch, capsys, tiny_model_
     structured = record["steps"][0]["structured"]
     assert structured["parameters"]["after"]["model"] == sum(p.numel() for p in model.parameters())
     assert (out / "pruning_manifest.json").is_file()
+
+
+def test_speed_measures_models_side_by_side(monkeypatch, capsys, tiny_model_dirs, tmp_path):
+    out = tmp_path / "speed.json"
+    args = ["speed", tiny_model_dirs["llama"], tiny_model_dirs["gpt2"], "--prefill-tokens", 32]
+    args += ["--new-tokens", 4, "--rounds", 1, "--json", out]
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, stderr
+    assert "decode tok/s" in stdout
+    measured = json.loads(out.read_text())["models"]
+    first, second = (measured[str(tiny_model_dirs[f])] for f in ("llama", "gpt2"))
+    assert first["prefill_ratio"] == 1.0 and first["decode_ratio"] == 1.0
+    for speed in (first, second):
+        assert speed["prefill_tokens_per_s"] > 0 and speed["decode_tokens_per_s"] > 0
+    assert second["parameters"] > 0

@@ -350,6 +350,55 @@ def compare_command(
     console.print(f"wrote compare.json, compare.md and side_by_side.txt in {out}")
 
 
+@app.command("speed")
+def speed_command(
+    models: Annotated[list[str], typer.Argument(help="Models; ratios are to the first.")],
+    prefill_tokens: Annotated[int, typer.Option(min=2, help="Prompt length for prefill.")] = 512,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens to decode.")] = 64,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (median).")] = 3,
+    dtype: DtypeOpt = "float32",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Prefill and decode tokens/s of MODELS, measured side by side in interleaved rounds."""
+    from llmprune.evaluate.speed import compare_speed
+    from llmprune.io import write_json
+    from llmprune.models import load_model
+    from llmprune.provenance import environment
+
+    loaded = {source: load_model(source, dtype=dtype) for source in models}
+    vocab = min(len(item.tokenizer) for item in loaded.values())
+    measured = compare_speed(
+        {source: item.model for source, item in loaded.items()},
+        prefill_tokens=prefill_tokens,
+        new_tokens=new_tokens,
+        rounds=rounds,
+        vocab=vocab,
+    )
+    first = measured[models[0]]
+    table = Table(title=f"speed ({prefill_tokens}-token prefill, {new_tokens} decoded tokens)")
+    for column in ("model", "parameters", "prefill tok/s", "×", "decode tok/s", "×"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for source, speed in measured.items():
+        speed["parameters"] = sum(p.numel() for p in loaded[source].model.parameters())
+        speed["prefill_ratio"] = speed["prefill_tokens_per_s"] / first["prefill_tokens_per_s"]
+        speed["decode_ratio"] = speed["decode_tokens_per_s"] / first["decode_tokens_per_s"]
+        table.add_row(
+            source,
+            f"{speed['parameters']:,}",
+            f"{speed['prefill_tokens_per_s']:.0f}",
+            f"{speed['prefill_ratio']:.2f}",
+            f"{speed['decode_tokens_per_s']:.1f}",
+            f"{speed['decode_ratio']:.2f}",
+        )
+    console.print(table)
+    if json_path is not None:
+        settings = {"prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "rounds": rounds}
+        settings["dtype"] = dtype
+        write_json(
+            json_path, {"models": measured, "settings": settings, "environment": environment()}
+        )
+
+
 def number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
