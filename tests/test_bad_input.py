@@ -4,6 +4,7 @@ Each case names a command line (with {tiny}: a tiny model directory, {out}: an o
 path that must not appear, {tmp}: a scratch directory) and a piece of the message.
 """
 
+import errno
 import hashlib
 import json
 import shutil
@@ -19,6 +20,24 @@ def digest(directory):
 
 
 CASES = [
+    # structured
+    (
+        ["prune", "{tiny}", "--structured", "ffn=1", "--seqlen", "32", "--out", "{out}"],
+        "every FFN channel",
+    ),
+    (
+        ["prune", "{tiny}", "--structured", "heads=0.1", "--seqlen", "32", "--out", "{out}"],
+        "removes no head",
+    ),
+    (
+        ["prune", "{tiny}", "--structured", "blocks=2", "--seqlen", "32", "--out", "{out}"],
+        "drop every block",
+    ),
+    (
+        ["prune", "{tiny}", "--structured", "ffn=0.5", "--sparsity", "0.5", "--out", "{out}"],
+        "do not go together",
+    ),
+    (["speed", "{tmp}/no-such-model"], "no such model"),
     # amounts
     (["prune", "{tiny}", "--sparsity", "1.0", "--out", "{out}"], "[0, 1)"),
     (["prune", "{tiny}", "--sparsity", "-0.1", "--out", "{out}"], "[0, 1)"),
@@ -145,3 +164,35 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
     assert digest(tiny) == before
     assert (scratch / "busy" / "mine.txt").read_text() == "keep me"
+
+
+def no_space(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_full_disk_while_saving_leaves_no_output_and_one_line(
+    stream, scratch, tiny_model_dirs, monkeypatch, capsys
+):
+    from llmprune.models.streaming import ShardWriter
+
+    tiny = tiny_model_dirs["llama"]
+    before = digest(tiny)
+    out = scratch / "out"
+    if stream:  # the streamed prune writes shards as blocks are done
+        monkeypatch.setattr(ShardWriter, "add_tensor", no_space)
+    else:  # save_pretrained writes the model at the end
+        monkeypatch.setattr("transformers.modeling_utils.safe_save_file", no_space)
+    argv = ["prune", str(tiny), "--method", "magnitude", "--sparsity", "0.5", "--no-eval"]
+    argv += ["--out", str(out)] + ([] if stream else ["--no-stream"])
+    monkeypatch.setattr(sys, "argv", ["llmprune", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert not [p for p in scratch.iterdir() if p.name.startswith(".out")]  # no partial dirs
+    assert digest(tiny) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -403,6 +404,10 @@ def number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+# the machine refused a write: a full disk or quota, a read-only or forbidden place
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -423,6 +428,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where}; nothing half-written was left behind",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except Exception as exc:  # usage errors: typer's own click, or click itself
         import click
 

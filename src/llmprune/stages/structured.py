@@ -10,15 +10,20 @@ from __future__ import annotations
 import time
 
 from llmprune.evaluate.resources import peak_device_mb, peak_rss_mb
+from llmprune.models.layout import find_layout
 from llmprune.stages.context import StageContext
 from llmprune.stages.state import ModelState
 from llmprune.structured import StructuredConfig, structured_prune
+from llmprune.structured.prune import plan_widths
+from llmprune.structured.units import check_unwrapped
 
 MANIFEST_FORMAT = "llmprune-structured/1"
 
 
 def execute(config: StructuredConfig, state: ModelState, ctx: StageContext) -> dict:
     loaded = state.load()
+    check_unwrapped(loaded.model)
+    plan_widths(loaded.model, find_layout(loaded.model), config)  # before any calibration
     windows = ctx.inputs.calibration(loaded.tokenizer, config, loaded.context_length)
     started = time.perf_counter()
     result = structured_prune(
