@@ -196,3 +196,28 @@ def test_a_full_disk_while_saving_leaves_no_output_and_one_line(
     assert not out.exists()
     assert not [p for p in scratch.iterdir() if p.name.startswith(".out")]  # no partial dirs
     assert digest(tiny) == before
+
+
+def test_a_model_too_big_for_free_memory_is_refused_and_the_streamed_path_named(
+    scratch, tiny_model_dirs, monkeypatch, capsys
+):
+    tiny = tiny_model_dirs["llama"]
+    monkeypatch.setattr("llmprune.models.loading.available_memory_bytes", lambda: 100_000)
+    argv = ["prune", str(tiny), "--method", "magnitude", "--sparsity", "0.5", "--seqlen", "32"]
+    argv += ["--eval-windows", "2", "--no-stream"]
+    monkeypatch.setattr(sys, "argv", ["llmprune", *argv, "--out", str(scratch / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "streamed block by block" in stderr and len(stderr.strip().splitlines()) == 1
+    assert "0.0 GiB is free" in stderr
+    assert not (scratch / "out").exists()
+    # streamed (the default), the same prune and its evaluations never load the whole
+    # model: it runs
+    monkeypatch.setattr(sys, "argv", ["llmprune", *argv[:-1], "--out", str(scratch / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert (scratch / "out" / "masks.safetensors").is_file()

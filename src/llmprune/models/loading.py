@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -296,6 +297,7 @@ def load_model(
     except Exception as exc:  # hub and JSON errors have many types
         raise LLMPruneError(f"cannot load a model config from {label}: {first_line(exc)}") from None
     check_causal(config, label)
+    check_fits_in_memory(Path(location), torch_dtype, label)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
@@ -304,6 +306,58 @@ def load_model(
     model.eval()
     model.to(torch_device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=label)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where the system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def weights_bytes(directory: Path, dtype: torch.dtype) -> int:
+    """The memory a checkpoint's tensors take once loaded as `dtype` (from the safetensors
+    headers only: nothing is read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                stored = piece.get_dtype()  # "F32", "BF16", "I64", "U8", ...
+                floating = stored.startswith(("F", "BF"))
+                bits = int("".join(ch for ch in stored if ch.isdigit()) or 8)
+                size = dtype.itemsize if floating else max(1, bits // 8)
+                total += math.prod(piece.get_shape()) * size
+    return total
+
+
+def check_fits_in_memory(directory: Path, dtype: torch.dtype, label: str) -> None:
+    """Refuse, before loading, a model that would not fit in free memory, and name the
+    streamed path (prune and evaluate read one block at a time) instead of being killed.
+    LLMPRUNE_SKIP_MEMORY_CHECK=1 skips it (swap, memory about to be freed)."""
+    if os.environ.get("LLMPRUNE_SKIP_MEMORY_CHECK") == "1" or not directory.is_dir():
+        return
+    free = available_memory_bytes()
+    if free is None:
+        return
+    try:
+        needed = weights_bytes(directory, dtype)
+    except Exception:  # unreadable headers: the loader will say what is wrong
+        return
+    if needed > 0.9 * free:
+        gib = 2**30
+        raise LLMPruneError(
+            f"loading {label} in memory needs about {needed / gib:.1f} GiB as {dtype} and "
+            f"{free / gib:.1f} GiB is free; prune and evaluate it streamed block by block "
+            "(the default for safetensors models; drop --no-stream, or stream: true in a "
+            "recipe), load it as --dtype bfloat16, or set LLMPRUNE_SKIP_MEMORY_CHECK=1"
+        )
 
 
 def first_line(exc: BaseException) -> str:
