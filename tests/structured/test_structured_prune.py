@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import find_layout, weight_matrix
+from llmprune.models.units import find_attention, find_ffn
 from llmprune.pruning import prune
 from llmprune.structured import structured_prune
-from llmprune.structured.units import find_attention, find_ffn
 from tests.conftest import HIDDEN, VOCAB, build_tiny, family_configs
 
 CALIBRATION = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))

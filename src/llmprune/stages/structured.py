@@ -11,11 +11,11 @@ import time
 
 from llmprune.evaluate.resources import peak_device_mb, peak_rss_mb
 from llmprune.models.layout import find_layout
+from llmprune.models.units import check_unwrapped
 from llmprune.stages.context import StageContext
 from llmprune.stages.state import ModelState
 from llmprune.structured import StructuredConfig, structured_prune
 from llmprune.structured.prune import plan_widths
-from llmprune.structured.units import check_unwrapped
 
 MANIFEST_FORMAT = "llmprune-structured/1"
 

@@ -24,6 +24,7 @@ from llmprune.data import calibration_sample
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.loading import max_context
+from llmprune.models.units import Attention, check_unwrapped, find_attention, find_ffn
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.sequential import collect_statistics, walk_blocks
 from llmprune.pruning.statistics import ChannelMoments
@@ -36,7 +37,6 @@ from llmprune.structured.surgery import (
     keep_heads,
     set_config_widths,
 )
-from llmprune.structured.units import Attention, check_unwrapped, find_attention, find_ffn
 
 
 @dataclass(frozen=True)

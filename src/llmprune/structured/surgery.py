@@ -9,8 +9,8 @@ from transformers.pytorch_utils import Conv1D
 
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, weight_matrix
+from llmprune.models.units import FFN, Attention
 from llmprune.pruning.masks import ModelMasks
-from llmprune.structured.units import FFN, Attention
 
 
 def index_tensor(index: list[int], device: torch.device) -> torch.Tensor:
