@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,16 +49,30 @@ class MaskKeeper(TrainerCallback):
         self.model = model
         self.unpacked: dict | None = None  # on the weights' devices, unpacked once
         self.handles: list = []
+        self.keeps: dict[str, torch.Tensor] = {}  # what the gradient hooks multiply by
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.unpacked = self.masks.on_devices(self.model)
         self.masks.apply(self.model, self.unpacked)
-        layers = find_layout(self.model).linears()
+        self.layers = find_layout(self.model).linears()
         for name, mask in self.unpacked.items():
-            weight = layers[name].weight
+            weight = self.layers[name].weight
             if weight.requires_grad:
-                keep = storage_mask(layers[name], mask).to(weight.dtype)
+                keep = storage_mask(self.layers[name], mask).to(weight.dtype)
+                self.keeps[name] = keep
                 self.handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
+
+    def tighten(self, name: str, mask: torch.Tensor) -> None:
+        """Replace a layer's mask by a smaller one during training (gradual pruning): the
+        weights, the gradient hook and the saved masks all follow."""
+        mask = mask.to(self.unpacked[name].device) & self.unpacked[name]
+        self.unpacked[name] = mask
+        self.masks[name] = mask
+        module = self.layers[name]
+        if name in self.keeps:
+            self.keeps[name].copy_(storage_mask(module, mask))
+        with torch.no_grad():
+            module.weight.mul_(storage_mask(module, mask).to(module.weight.dtype))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.masks.apply(self.model, self.unpacked)
@@ -65,7 +80,7 @@ class MaskKeeper(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         for handle in self.handles:
             handle.remove()
-        self.handles, self.unpacked = [], None
+        self.handles, self.unpacked, self.keeps = [], None, {}
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -138,8 +153,11 @@ def finetune(
     config: FinetuneConfig,
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
+    keeper: Callable[[ModelMasks, nn.Module], MaskKeeper] = MaskKeeper,
 ) -> tuple[nn.Module, dict]:
     """Train `model` as `config` says; return the (merged) model and a summary.
+
+    `keeper` makes the callback that keeps the masks (a gradual pruner also grows them).
 
     Every pruned weight is exactly 0 at every step and at the end (checked), whichever
     parts train. With LoRA, the returned model has the adapters merged through the masks
@@ -169,7 +187,7 @@ def finetune(
     for name, param in train_model.named_parameters():
         param.requires_grad_(id(param) in keep or (config.uses_lora and "lora_" in name))
     counts = count_trainable(train_model)
-    callbacks = [MaskKeeper(masks, train_model)] if len(masks) else []
+    callbacks = [keeper(masks, train_model)] if len(masks) else []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(

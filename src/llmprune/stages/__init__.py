@@ -16,8 +16,18 @@ from pydantic import BaseModel
 
 from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.config import FinetuneConfig
+from llmprune.gradual.config import GradualConfig
 from llmprune.pruning.config import PruneConfig
-from llmprune.stages import evaluate, export, finetune, iterative, prune, save, structured
+from llmprune.stages import (
+    evaluate,
+    export,
+    finetune,
+    gradual,
+    iterative,
+    prune,
+    save,
+    structured,
+)
 from llmprune.stages.context import EvalSettings, StageContext
 from llmprune.stages.state import ModelState
 from llmprune.structured.config import StructuredConfig
@@ -56,6 +66,12 @@ KINDS: dict[str, StageKind] = {
         structured.execute,
         changes_model=True,
         run_defaults=(("calib", "data"), ("seed", "seed"), ("device", "device")),
+    ),
+    "gradual": StageKind(
+        GradualConfig,
+        gradual.execute,
+        changes_model=True,
+        run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
     "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),

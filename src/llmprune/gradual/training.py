@@ -1,0 +1,148 @@
+"""Pruning while training: a mask keeper that also grows the masks on a schedule.
+
+`GradualPruner` is the fine-tuning run's mask keeper (gradients of pruned weights zeroed
+as computed, weights re-masked after every optimizer step) that, at the schedule's
+re-prune steps, recomputes each target layer's mask from its current scores. Masks only
+grow: a weight pruned once stays pruned, so the masks of successive re-prunes are nested.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llmprune.finetune.trainer import MaskKeeper, finetune
+from llmprune.gradual import scores as S
+from llmprune.gradual.config import GradualConfig
+from llmprune.gradual.schedules import prune_steps, scheduled_sparsity
+from llmprune.models.layout import find_layout, storage_mask, weight_matrix
+from llmprune.pruning.allocation import select_layers
+from llmprune.pruning.masks import ModelMasks
+from llmprune.pruning.selection import unstructured_mask
+
+
+def summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Scores from each process's own batches, added up, so every rank picks the same mask."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class GradualPruner(MaskKeeper):
+    """Keeps the masks through training and grows them at the re-prune steps."""
+
+    def __init__(self, config: GradualConfig, masks: ModelMasks, model: nn.Module, names):
+        super().__init__(masks, model)
+        self.config = config
+        self.names = list(names)
+        self.at_steps = set(prune_steps(config.start_step, config.every, config.count))
+        self.movement: dict[str, torch.Tensor] = {}
+        self.squared: dict[str, torch.Tensor] = {}
+        self.trace: list[dict] = []
+        self.score_handles: list = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        for name in self.names:
+            module = self.layers[name]
+            if self.config.score == "movement":
+                self.watch_movement(name, module)
+            elif self.config.score == "wanda":
+                self.watch_inputs(name, module)
+        if 0 in self.at_steps:
+            self.reprune(0)
+
+    def watch_movement(self, name: str, module: nn.Module) -> None:
+        score = torch.zeros(weight_matrix(module).shape, device=module.weight.device)
+        self.movement[name] = score
+
+        def hook(grad, module=module, score=score):
+            S.movement_update(score, storage_mask(module, grad), weight_matrix(module).detach())
+
+        self.score_handles.append(module.weight.register_hook(hook))
+
+    def watch_inputs(self, name: str, module: nn.Module) -> None:
+        columns = weight_matrix(module).shape[1]
+        squared = torch.zeros(columns, dtype=torch.float64, device=module.weight.device)
+        self.squared[name] = squared
+
+        def hook(_module, args, squared=squared):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            squared.add_(x.double().pow(2).sum(dim=0))
+
+        self.score_handles.append(module.register_forward_pre_hook(hook))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.at_steps:
+            self.reprune(state.global_step)
+
+    def scores(self, name: str) -> torch.Tensor:
+        weight = weight_matrix(self.layers[name]).detach()
+        if self.config.score == "movement":
+            return summed_over_ranks(self.movement[name].clone())
+        if self.config.score == "wanda":
+            return S.wanda_online(weight, summed_over_ranks(self.squared[name].clone()))
+        return weight.abs().float()
+
+    @torch.no_grad()
+    def reprune(self, step: int) -> None:
+        config = self.config
+        target = None
+        if config.threshold is None:
+            target = scheduled_sparsity(
+                step,
+                config.schedule,
+                config.start_sparsity,
+                config.sparsity,
+                config.start_step,
+                config.every,
+                config.count,
+            )
+        for name in self.names:
+            existing = self.unpacked[name]
+            if config.threshold is not None:
+                weight = weight_matrix(self.layers[name])  # the same on every rank
+                mask = S.threshold_mask(weight, config.threshold, existing)
+            else:
+                mask = unstructured_mask(self.scores(name), target, existing)
+            self.tighten(name, mask)
+        for squared in self.squared.values():
+            squared.zero_()  # Wanda norms: the batches since the last re-prune
+        kept = sum(int(self.unpacked[n].sum()) for n in self.names)
+        total = sum(self.unpacked[n].numel() for n in self.names)
+        self.trace.append({"step": step, "target": target, "sparsity": 1 - kept / total})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for handle in self.score_handles:
+            handle.remove()
+        self.score_handles = []
+        super().on_train_end(args, state, control, **kwargs)
+
+
+def gradual_prune(
+    model: nn.Module,
+    tokenizer,
+    config: GradualConfig,
+    masks: ModelMasks | None = None,
+    windows: torch.Tensor | None = None,
+) -> tuple[nn.Module, ModelMasks, dict]:
+    """Fine-tune `model` while pruning it on `config`'s schedule; returns the model, its
+    masks (earlier masks kept and grown) and the training summary with the schedule
+    actually followed (`summary["schedule"]`: step, target and reached sparsity)."""
+    layout = find_layout(model)
+    names = select_layers(list(layout.linears()), config.targets, config.ignore)
+    masks = masks.copy() if masks is not None else ModelMasks()
+    linears = layout.linears()
+    for name in names:
+        if name not in masks:
+            masks[name] = torch.ones(weight_matrix(linears[name]).shape, dtype=torch.bool)
+    made: list[GradualPruner] = []
+
+    def keeper(keep_masks: ModelMasks, train_model: nn.Module) -> GradualPruner:
+        made.append(GradualPruner(config, keep_masks, train_model, names))
+        return made[0]
+
+    model, summary = finetune(model, tokenizer, config, masks, windows, keeper=keeper)
+    summary["schedule"] = made[0].trace if made else []
+    return model, masks, summary
