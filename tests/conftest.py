@@ -132,11 +132,15 @@ def train_tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
 
 
-def build_tiny(family: str) -> torch.nn.Module:
+def build_tiny(family: str, **changes) -> torch.nn.Module:
+    """A tiny model of `family`, its config changed by `changes` (more layers, heads...)."""
     from transformers import AutoModelForCausalLM
 
+    config = family_configs()[family]
+    for key, value in changes.items():
+        setattr(config, key, value)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(family_configs()[family], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
 

@@ -12,7 +12,7 @@ from llmprune.models.layout import find_layout, weight_matrix
 from llmprune.models.units import find_attention, find_ffn
 from llmprune.pruning import prune
 from llmprune.structured import structured_prune
-from tests.conftest import HIDDEN, VOCAB, build_tiny, family_configs
+from tests.conftest import HIDDEN, VOCAB, build_tiny
 
 CALIBRATION = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
 INPUT = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(2))
@@ -32,14 +32,6 @@ def logits(model, ids=INPUT):
 def reloaded(model, tmp_path):
     model.save_pretrained(tmp_path / "saved")
     return AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
-
-
-def tiny(family, **changes):
-    config = family_configs()[family]
-    for key, value in changes.items():
-        setattr(config, key, value)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def test_llama_with_gqa_has_the_expected_shapes_and_parameter_count(tmp_path):
@@ -123,7 +115,7 @@ def test_removing_units_whose_weights_are_zero_leaves_the_logits_unchanged(famil
 
 
 def test_query_mode_keeps_every_key_value_group_and_the_same_count_in_each(tmp_path):
-    model = tiny("llama", num_attention_heads=8, num_key_value_heads=2)  # groups of 4
+    model = build_tiny("llama", num_attention_heads=8, num_key_value_heads=2)  # groups of 4
     result = cut(model, "heads=0.5", head_unit="query")
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
     for layer in result.manifest["layers"]:
@@ -149,7 +141,7 @@ def cached_logits(model, ids):
 
 
 def test_dropping_a_block_renumbers_the_kv_cache_and_layer_types(tmp_path):
-    model = tiny(
+    model = build_tiny(
         "qwen2",
         num_hidden_layers=4,
         layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
@@ -173,7 +165,7 @@ def test_dropping_a_block_renumbers_the_kv_cache_and_layer_types(tmp_path):
 
 
 def test_influence_drops_the_blocks_that_change_their_input_least():
-    model = tiny("llama", num_hidden_layers=4)
+    model = build_tiny("llama", num_hidden_layers=4)
     with torch.no_grad():  # block 2 adds nothing to the residual stream: influence 0
         block = find_layout(model).blocks[2]
         block.self_attn.o_proj.weight.zero_()
@@ -186,7 +178,7 @@ def test_influence_drops_the_blocks_that_change_their_input_least():
 
 
 def test_masks_of_an_earlier_prune_are_sliced_and_rekeyed_with_the_weights():
-    model = tiny("llama", num_hidden_layers=3)
+    model = build_tiny("llama", num_hidden_layers=3)
     masks = prune(model, method="magnitude", sparsity=0.5, progress=False).masks
     result = cut(model, "ffn=0.5,heads=0.5,blocks=1", masks=masks)
     layout = find_layout(model)

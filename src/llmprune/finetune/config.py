@@ -37,6 +37,13 @@ class FinetuneConfig(BaseModel):
     seqlen: int = Field(default=256, ge=2)
     seed: int = 0
     device: str = "cpu"
+    distill: float = Field(
+        default=0.0, ge=0, le=1, description="α: weight of the KL to the teacher's logits."
+    )
+    distill_temperature: float = Field(default=2.0, gt=0, description="T of the distillation.")
+    teacher: str | None = Field(
+        default=None, description="Teacher model; default: the run's input (dense) model."
+    )
 
     @field_validator("trainable")
     @classmethod

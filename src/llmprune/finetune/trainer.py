@@ -25,6 +25,7 @@ from transformers import (
 from llmprune.data import calibration_windows, get_source, source_tokens
 from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig
+from llmprune.finetune.distill import DistillingTrainer, check_teacher
 from llmprune.finetune.lora import add_lora, is_peft, mask_adapters, merge_lora
 from llmprune.finetune.trainable import count_trainable, trainable_names
 from llmprune.models.layout import find_layout, storage_mask
@@ -154,10 +155,12 @@ def finetune(
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
     keeper: Callable[[ModelMasks, nn.Module], MaskKeeper] = MaskKeeper,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train `model` as `config` says; return the (merged) model and a summary.
 
     `keeper` makes the callback that keeps the masks (a gradual pruner also grows them).
+    With `config.distill` > 0 the loss mixes in the KL to `teacher`'s logits.
 
     Every pruned weight is exactly 0 at every step and at the end (checked), whichever
     parts train. With LoRA, the returned model has the adapters merged through the masks
@@ -189,12 +192,21 @@ def finetune(
     counts = count_trainable(train_model)
     callbacks = [keeper(masks, train_model)] if len(masks) else []
     start = time.perf_counter()
+    distilling = {}
+    if config.distill > 0:
+        if teacher is None:
+            raise LLMPruneError("distill > 0 needs a teacher model")
+        check_teacher(teacher, model)
+        distilling = dict(
+            teacher=teacher, weight=config.distill, temperature=config.distill_temperature
+        )
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(
+        trainer = (DistillingTrainer if distilling else Trainer)(
             model=train_model,
             args=training_arguments(config, scratch),
             train_dataset=WindowDataset(windows),
             callbacks=callbacks,
+            **distilling,
         )
         trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()

@@ -126,6 +126,7 @@ def gradual_prune(
     config: GradualConfig,
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, ModelMasks, dict]:
     """Fine-tune `model` while pruning it on `config`'s schedule; returns the model, its
     masks (earlier masks kept and grown) and the training summary with the schedule
@@ -143,6 +144,8 @@ def gradual_prune(
         made.append(GradualPruner(config, keep_masks, train_model, names))
         return made[0]
 
-    model, summary = finetune(model, tokenizer, config, masks, windows, keeper=keeper)
+    model, summary = finetune(
+        model, tokenizer, config, masks, windows, keeper=keeper, teacher=teacher
+    )
     summary["schedule"] = made[0].trace if made else []
     return model, masks, summary

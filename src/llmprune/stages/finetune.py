@@ -10,6 +10,22 @@ from llmprune.stages.state import ModelState
 def execute(config: FinetuneConfig, state: ModelState, ctx: StageContext) -> dict:
     loaded = state.load()
     windows = ctx.inputs.training(loaded.tokenizer, config)
-    loaded.model, summary = finetune(loaded.model, loaded.tokenizer, config, state.masks, windows)
+    loaded.model, summary = finetune(
+        loaded.model,
+        loaded.tokenizer,
+        config,
+        state.masks,
+        windows,
+        teacher=teacher_for(config, state),
+    )
     state.changed()
     return {"finetune": summary}
+
+
+def teacher_for(config: FinetuneConfig, state: ModelState):
+    """The model to distil from: the config's, else the run's input (the dense model)."""
+    if config.distill <= 0:
+        return None
+    from llmprune.models import load_model
+
+    return load_model(config.teacher or state.source, dtype=state.dtype).model

@@ -1,0 +1,57 @@
+"""Distillation from the dense model while fine-tuning (or pruning while training).
+
+The student's loss becomes (1 − α)·CE + α·T²·KL(p_teacher^T ‖ p_student^T) over every
+token, with p^T = softmax(logits / T) (Hinton et al. 2015; the T² keeps gradient sizes
+comparable across temperatures). The teacher runs without gradients on the same batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from llmprune.errors import LLMPruneError
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T²·KL(teacher ‖ student) of the temperature-softened distributions, per token."""
+    vocab = student_logits.shape[-1]
+    student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
+    ours = student.get_output_embeddings().weight.shape[0]
+    theirs = teacher.get_output_embeddings().weight.shape[0]
+    if ours != theirs:
+        raise LLMPruneError(
+            f"the teacher has a vocabulary of {theirs} tokens and the student {ours}: "
+            "distillation needs the same tokenizer"
+        )
+
+
+class DistillingTrainer(Trainer):
+    """A Trainer whose loss mixes the language-model loss with the teacher's logits."""
+
+    def __init__(self, *args, teacher: nn.Module, weight: float, temperature: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.eval().to(self.args.device)
+        for param in self.teacher.parameters():
+            param.requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher(
+                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+            ).logits
+        kl = distillation_loss(outputs.logits, teacher_logits, self.temperature)
+        loss = (1.0 - self.weight) * outputs.loss + self.weight * kl
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,62 @@
+"""Distillation from a teacher's logits: the loss, a student equal to its teacher, and a
+teacher of another vocabulary."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from llmprune.errors import LLMPruneError
+from llmprune.finetune import finetune, make_finetune_config
+from llmprune.finetune.distill import distillation_loss
+from tests.conftest import VOCAB, build_tiny
+
+WINDOWS = torch.randint(0, VOCAB, (16, 32), generator=torch.Generator().manual_seed(4))
+
+
+def test_the_loss_is_zero_for_equal_logits_and_the_kl_otherwise():
+    logits = torch.randn(2, 3, 7)
+    assert distillation_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0]])  # p_teacher = (3/4, 1/4)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(kl, rel=1e-5)
+    # T² scaling: the softened KL times T²
+    soft = torch.softmax(teacher / 2.0, dim=-1)[0]
+    kl_t = sum(p * math.log(p / 0.5) for p in soft.tolist()) * 4.0
+    assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(kl_t, rel=1e-5)
+
+
+def test_a_student_equal_to_its_teacher_has_zero_loss():
+    student = build_tiny("llama")
+    config = make_finetune_config(steps=1, batch_size=2, seqlen=32, distill=1.0, warmup_steps=0)
+    twin = copy.deepcopy(student)
+    _, summary = finetune(student, None, config, windows=WINDOWS, teacher=twin)
+    assert summary["train_loss"] == pytest.approx(0.0, abs=1e-7)
+    other = build_tiny("llama", rms_norm_eps=1e-3)  # the same weights, another function
+    with torch.no_grad():
+        other.model.embed_tokens.weight.mul_(3.0)
+    _, summary = finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=other)
+    assert summary["train_loss"] > 1e-3
+
+
+def test_distilling_from_the_dense_model_while_pruning_reaches_the_target():
+    from llmprune.gradual import gradual_prune, make_gradual_config
+
+    dense = build_tiny("llama")
+    config = make_gradual_config(
+        sparsity=0.5, steps=6, start_step=1, every=5, batch_size=2, seqlen=32, distill=0.5
+    )
+    _, masks, summary = gradual_prune(
+        copy.deepcopy(dense), None, config, windows=WINDOWS, teacher=dense
+    )
+    assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)
+    assert summary["train_loss"] > 0
+
+
+def test_a_teacher_with_another_vocabulary_is_refused():
+    config = make_finetune_config(steps=1, batch_size=2, seqlen=32, distill=0.5)
+    teacher = build_tiny("llama", vocab_size=VOCAB + 8)
+    with pytest.raises(LLMPruneError, match="vocabulary"):
+        finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=teacher)
