@@ -144,3 +144,14 @@ def test_a_gradual_run_killed_midway_resumes_to_the_same_weights(
 def test_bad_gradual_configs_are_one_line_errors(options, message):
     with pytest.raises(LLMPruneError, match=message.replace("[", r"\[").replace("]", r"\]")):
         make_gradual_config(**options)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "group_lasso"])
+def test_a_penalty_drives_weights_toward_zero_and_logs_the_trade_off(penalty):
+    options = dict(threshold=0.01, steps=10, start_step=10, every=1, prunes=0)
+    _, plain, _ = run(build_tiny("llama"), **options)
+    _, pushed, summary = run(build_tiny("llama"), **options, **{penalty: 1e4})
+    assert pushed.sparsity() > plain.sparsity() + 0.02
+    trade_off = summary["regularization"]
+    assert trade_off and {"loss", "penalty", "below_threshold"} <= set(trade_off[-1])
+    assert trade_off[-1]["penalty"] < trade_off[0]["penalty"]  # the penalty's gradient acts

@@ -48,3 +48,20 @@ def test_threshold_prunes_exactly_the_weights_below_tau_and_keeps_earlier_zeros(
     existing = torch.tensor([[True, True, True], [True, False, True]])
     mask = S.threshold_mask(weight, 0.1, existing)
     assert mask.tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_l1_is_the_mean_absolute_weight():
+    weights = [torch.tensor([[1.0, -3.0]]), torch.tensor([[0.0, 2.0, -2.0]])]
+    assert S.l1_penalty(weights).item() == pytest.approx(8.0 / 5)
+
+
+def test_unit_norms_gather_rows_and_matching_columns():
+    gate = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # rows: channels 0 and 1
+    down = torch.tensor([[4.0, 1.0], [0.0, 1.0]])  # columns: channels 0 and 1
+    norms = S.unit_norms([gate], [down], 1)
+    assert norms.tolist() == pytest.approx([5.0, 2.0])
+    q = torch.arange(8.0).reshape(4, 2)  # two heads of 2 rows
+    o = torch.ones(3, 4)  # two heads of 2 columns
+    expected = [(0 + 1 + 4 + 9 + 6) ** 0.5, (16 + 25 + 36 + 49 + 6) ** 0.5]
+    assert S.unit_norms([q], [o], 2).tolist() == pytest.approx(expected)
+    assert S.group_lasso_penalty([norms]).item() == pytest.approx(3.5)

@@ -1,4 +1,5 @@
-"""Distillation from the dense model while fine-tuning (or pruning while training).
+"""Distillation from the dense model while fine-tuning (or pruning while training), and
+the Trainer whose objective adds it (and any weight penalty) to the language-model loss.
 
 The student's loss becomes (1 − α)·CE + α·T²·KL(p_teacher^T ‖ p_student^T) over every
 token, with p^T = softmax(logits / T) (Hinton et al. 2015; the T² keeps gradient sizes
@@ -6,6 +7,8 @@ comparable across temperatures). The teacher runs without gradients on the same 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,22 +39,37 @@ def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
         )
 
 
-class DistillingTrainer(Trainer):
-    """A Trainer whose loss mixes the language-model loss with the teacher's logits."""
+class ObjectiveTrainer(Trainer):
+    """A Trainer whose loss can mix in a teacher's logits and add a penalty (L1, group
+    lasso) on the weights: loss = (1 − α)·CE + α·T²·KL + penalty()."""
 
-    def __init__(self, *args, teacher: nn.Module, weight: float, temperature: float, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: nn.Module | None = None,
+        weight: float = 0.0,
+        temperature: float = 1.0,
+        penalty: Callable[[], torch.Tensor] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval().to(self.args.device)
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
-        self.weight, self.temperature = weight, temperature
+        self.teacher = None
+        if teacher is not None and weight > 0:
+            self.teacher = teacher.eval().to(self.args.device)
+            for param in self.teacher.parameters():
+                param.requires_grad_(False)
+        self.weight, self.temperature, self.penalty = weight, temperature, penalty
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
-            ).logits
-        kl = distillation_loss(outputs.logits, teacher_logits, self.temperature)
-        loss = (1.0 - self.weight) * outputs.loss + self.weight * kl
+        loss = outputs.loss
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(
+                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+                ).logits
+            kl = distillation_loss(outputs.logits, teacher_logits, self.temperature)
+            loss = (1.0 - self.weight) * loss + self.weight * kl
+        if self.penalty is not None:
+            loss = loss + self.penalty()
         return (loss, outputs) if return_outputs else loss

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from transformers import (
     PrinterCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -25,7 +24,7 @@ from transformers import (
 from llmprune.data import calibration_windows, get_source, source_tokens
 from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig
-from llmprune.finetune.distill import DistillingTrainer, check_teacher
+from llmprune.finetune.distill import ObjectiveTrainer, check_teacher
 from llmprune.finetune.lora import add_lora, is_peft, mask_adapters, merge_lora
 from llmprune.finetune.trainable import count_trainable, trainable_names
 from llmprune.models.layout import find_layout, storage_mask
@@ -191,22 +190,22 @@ def finetune(
         param.requires_grad_(id(param) in keep or (config.uses_lora and "lora_" in name))
     counts = count_trainable(train_model)
     callbacks = [keeper(masks, train_model)] if len(masks) else []
+    penalty = getattr(callbacks[0], "penalty", None) if callbacks else None
     start = time.perf_counter()
-    distilling = {}
     if config.distill > 0:
         if teacher is None:
             raise LLMPruneError("distill > 0 needs a teacher model")
         check_teacher(teacher, model)
-        distilling = dict(
-            teacher=teacher, weight=config.distill, temperature=config.distill_temperature
-        )
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = (DistillingTrainer if distilling else Trainer)(
+        trainer = ObjectiveTrainer(
             model=train_model,
             args=training_arguments(config, scratch),
             train_dataset=WindowDataset(windows),
             callbacks=callbacks,
-            **distilling,
+            teacher=teacher,
+            weight=config.distill,
+            temperature=config.distill_temperature,
+            penalty=penalty,
         )
         trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()

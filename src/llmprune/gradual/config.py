@@ -28,6 +28,10 @@ class GradualConfig(FinetuneConfig):
     threshold: float | None = Field(
         default=None, ge=0, description="Threshold mode: prune every |w| < τ at each re-prune."
     )
+    l1: float = Field(default=0.0, ge=0, description="λ of an L1 penalty (mean |w|).")
+    group_lasso: float = Field(
+        default=0.0, ge=0, description="λ of a group-lasso penalty on FFN channels and heads."
+    )
     targets: list[str] = Field(default_factory=list, description="Layer globs; none = all.")
     ignore: list[str] = Field(default_factory=list, description="Layer globs to leave.")
 

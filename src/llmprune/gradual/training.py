@@ -16,7 +16,8 @@ from llmprune.finetune.trainer import MaskKeeper, finetune
 from llmprune.gradual import scores as S
 from llmprune.gradual.config import GradualConfig
 from llmprune.gradual.schedules import prune_steps, scheduled_sparsity
-from llmprune.models.layout import find_layout, storage_mask, weight_matrix
+from llmprune.models.layout import find_layout, storage_mask, trained_matrix, weight_matrix
+from llmprune.models.units import HEAD_FAMILIES, find_attention, find_ffn
 from llmprune.pruning.allocation import select_layers
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.selection import unstructured_mask
@@ -40,6 +41,7 @@ class GradualPruner(MaskKeeper):
         self.movement: dict[str, torch.Tensor] = {}
         self.squared: dict[str, torch.Tensor] = {}
         self.trace: list[dict] = []
+        self.trade_off: list[dict] = []
         self.score_handles: list = []
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -76,6 +78,54 @@ class GradualPruner(MaskKeeper):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.at_steps:
             self.reprune(state.global_step)
+
+    def penalty(self) -> torch.Tensor | float:
+        """λ1·mean|w| over the target layers + λg·mean unit norm (FFN channels, heads):
+        added to the training loss; their values are logged with the loss."""
+        config, total = self.config, 0.0
+        if config.l1 > 0:
+            weights = [trained_matrix(self.layers[name]) for name in self.names]
+            total = total + config.l1 * S.l1_penalty(weights)
+        if config.group_lasso > 0:
+            total = total + config.group_lasso * S.group_lasso_penalty(self.unit_norms())
+        return total
+
+    def unit_norms(self) -> list[torch.Tensor]:
+        """The L2 norm of every FFN channel and (where heads can go) attention head."""
+        config = getattr(self.model, "config", None)
+        model_type = getattr(config, "model_type", "?")
+        norms = []
+        for block in find_layout(self.model).blocks:
+            ffn = find_ffn(block, model_type)
+            rows = [trained_matrix(module) for module in ffn.inputs]
+            norms.append(S.unit_norms(rows, [trained_matrix(ffn.output)], 1))
+            if model_type in HEAD_FAMILIES:
+                att = find_attention(block, config)
+                q, o = trained_matrix(att.q), trained_matrix(att.o)
+                norms.append(S.unit_norms([q], [o], att.head_dim))
+        return norms
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """The trade-off between sparsity and loss: penalty and the share of small weights."""
+        if (
+            logs is None
+            or "loss" not in logs
+            or (self.config.l1 == 0 and self.config.group_lasso == 0)
+        ):
+            return
+        with torch.no_grad():
+            penalty = float(self.penalty())
+            tau = self.config.threshold or 0.0
+            small = sum(int((weight_matrix(self.layers[n]).abs() < tau).sum()) for n in self.names)
+            total = sum(weight_matrix(self.layers[n]).numel() for n in self.names)
+        self.trade_off.append(
+            {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "penalty": penalty,
+                "below_threshold": small / total,
+            }
+        )
 
     def scores(self, name: str) -> torch.Tensor:
         weight = weight_matrix(self.layers[name]).detach()
@@ -148,4 +198,5 @@ def gradual_prune(
         model, tokenizer, config, masks, windows, keeper=keeper, teacher=teacher
     )
     summary["schedule"] = made[0].trace if made else []
+    summary["regularization"] = made[0].trade_off if made else []
     return model, masks, summary

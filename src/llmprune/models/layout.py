@@ -34,6 +34,12 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return weight.t() if isinstance(module, Conv1D) else weight
 
 
+def trained_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in) with its autograd history: what a loss term differentiates."""
+    weight = module.weight
+    return weight.t() if isinstance(module, Conv1D) else weight
+
+
 def storage_mask(module: nn.Module, mask: torch.Tensor) -> torch.Tensor:
     """An (out, in) mask in the order the module stores its weight (Conv1D: transposed)."""
     return mask.t() if isinstance(module, Conv1D) else mask
