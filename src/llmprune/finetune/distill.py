@@ -50,8 +50,10 @@ class ObjectiveTrainer(Trainer):
         weight: float = 0.0,
         temperature: float = 1.0,
         penalty: Callable[[], torch.Tensor] | None = None,
+        group_lrs: dict[str, float] | None = None,
         **kwargs,
     ):
+        self.group_lrs = group_lrs or {}  # parameter-name prefix -> its own learning rate
         super().__init__(*args, **kwargs)
         self.teacher = None
         if teacher is not None and weight > 0:
@@ -59,6 +61,24 @@ class ObjectiveTrainer(Trainer):
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
         self.weight, self.temperature, self.penalty = weight, temperature, penalty
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, with the parameters of each prefix in a group of their
+        own learning rate (no weight decay): gate logits move much faster than weights."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        for prefix, lr in self.group_lrs.items():
+            chosen = [
+                p
+                for n, p in self.model.named_parameters()
+                if n.startswith(prefix) and p.requires_grad
+            ]
+            if not chosen:
+                continue
+            ids = {id(p) for p in chosen}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            optimizer.add_param_group({"params": chosen, "lr": lr, "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

@@ -31,6 +31,10 @@ from llmprune.models.layout import find_layout, storage_mask
 from llmprune.pruning.allocation import matches
 from llmprune.pruning.masks import ModelMasks
 
+# parameters llmprune adds to a model for training (structure gates): always trained,
+# at their own learning rate (`config.gate_lr`), and removed before the model is saved
+ADDED_PREFIX = "llmprune_"
+
 
 class MaskKeeper(TrainerCallback):
     """Keeps pruned weights at exactly zero through training, on every path.
@@ -187,9 +191,11 @@ def finetune(
             masked_adapters = mask_adapters(train_model, masks)
     # peft freezes the base model; PERP parts chosen beside LoRA train again (same tensors)
     for name, param in train_model.named_parameters():
-        param.requires_grad_(id(param) in keep or (config.uses_lora and "lora_" in name))
+        added = name.startswith(ADDED_PREFIX)
+        param.requires_grad_(id(param) in keep or added or (config.uses_lora and "lora_" in name))
     counts = count_trainable(train_model)
-    callbacks = [keeper(masks, train_model)] if len(masks) else []
+    custom = keeper is not MaskKeeper  # a gradual pruner or gate trainer runs on dense models too
+    callbacks = [keeper(masks, train_model)] if len(masks) or custom else []
     penalty = getattr(callbacks[0], "penalty", None) if callbacks else None
     start = time.perf_counter()
     if config.distill > 0:
@@ -206,6 +212,7 @@ def finetune(
             weight=config.distill,
             temperature=config.distill_temperature,
             penalty=penalty,
+            group_lrs={ADDED_PREFIX: config.gate_lr} if hasattr(config, "gate_lr") else {},
         )
         trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()

@@ -24,6 +24,7 @@ from llmprune.stages import (
     finetune,
     gradual,
     iterative,
+    learned,
     prune,
     save,
     structured,
@@ -31,6 +32,7 @@ from llmprune.stages import (
 from llmprune.stages.context import EvalSettings, StageContext
 from llmprune.stages.state import ModelState
 from llmprune.structured.config import StructuredConfig
+from llmprune.structured.learned import LearnedConfig
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ KINDS: dict[str, StageKind] = {
     "gradual": StageKind(
         GradualConfig,
         gradual.execute,
+        changes_model=True,
+        run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
+    ),
+    "learned": StageKind(
+        LearnedConfig,
+        learned.execute,
         changes_model=True,
         run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
     ),

@@ -20,6 +20,12 @@ from llmprune.structured.prune import plan_widths
 MANIFEST_FORMAT = "llmprune-structured/1"
 
 
+def add_pass(state: ModelState, record: dict) -> None:
+    """Append one structured pass to the manifest that travels with the model."""
+    manifest = state.manifest or {"format": MANIFEST_FORMAT, "base_model": state.source}
+    state.manifest = {**manifest, "passes": [*manifest.get("passes", []), record]}
+
+
 def execute(config: StructuredConfig, state: ModelState, ctx: StageContext) -> dict:
     loaded = state.load()
     check_unwrapped(loaded.model)
@@ -34,8 +40,7 @@ def execute(config: StructuredConfig, state: ModelState, ctx: StageContext) -> d
         masks=state.masks.copy(),
         progress=ctx.progress,
     )
-    manifest = state.manifest or {"format": MANIFEST_FORMAT, "base_model": state.source}
-    state.manifest = {**manifest, "passes": [*manifest.get("passes", []), result.manifest]}
+    add_pass(state, result.manifest)
     state.changed(result.masks)
     return {
         "structured": result.to_dict(),
