@@ -432,10 +432,9 @@ def main() -> None:
         if exc.errno not in WRITE_ERRORS:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        print(
-            f"error: {exc.strerror or exc}{where}; nothing half-written was left behind",
-            file=sys.stderr,
-        )
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        tail = "; nothing half-written was left behind" if full else ""
+        print(f"error: {exc.strerror or exc}{where}{tail}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # usage errors: typer's own click, or click itself
         import click

@@ -41,7 +41,7 @@ def test_hard_concrete_gates():
 def test_the_expected_size_moves_to_its_target_and_the_cut_model_reloads(tmp_path):
     model = build_tiny("llama")
     config = make_learned_config(
-        **BASE, sparsity=0.5, steps=30, target_warmup=0, gate_lr=0.5, lagrangian_lr=20.0
+        **BASE, sparsity=0.5, steps=30, target_warmup=0, gate_lr=0.2, lagrangian_lr=5.0
     )
     model, masks, summary = learn_structure(model, None, config, windows=WINDOWS[:60])
     trace = summary["gates"]
@@ -91,3 +91,25 @@ def test_a_learned_stage_in_a_recipe_saves_a_smaller_model(tmp_path, tiny_model_
 def test_bad_learned_configs(options, message):
     with pytest.raises(LLMPruneError, match=message):
         make_learned_config(**options)
+
+
+def test_learned_heads_without_grouping_remove_whole_heads(tmp_path):
+    model = build_tiny("llama", num_attention_heads=4, num_key_value_heads=4)
+    config = make_learned_config(
+        **BASE,
+        sparsity=0.6,
+        steps=30,
+        target_warmup=0,
+        gate_lr=0.5,
+        lagrangian_lr=20.0,
+        units=["heads"],
+    )
+    model, _, summary = learn_structure(model, None, config, windows=WINDOWS[:60])
+    kept = model.config.num_attention_heads
+    assert kept == model.config.num_key_value_heads < 4
+    assert 64 % kept == 0  # a head count LlamaConfig accepts
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    ids = WINDOWS[70:72]
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, again(input_ids=ids).logits, atol=1e-5)

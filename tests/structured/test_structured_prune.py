@@ -285,3 +285,17 @@ def test_a_structured_recipe_saves_its_manifest_and_recovers(tmp_path, tiny_mode
     manifest = json.loads((tmp_path / "small" / "pruning_manifest.json").read_text())
     assert manifest["base_model"] == str(tiny_model_dirs["llama"])
     assert [p["removal"]["spec"] for p in manifest["passes"]] == ["ffn=0.5,heads=0.5", "blocks=1"]
+
+
+def test_head_counts_the_config_would_refuse_are_refused_before_any_change():
+    model = build_tiny("llama", num_attention_heads=8, num_key_value_heads=8)  # hidden 64
+    with pytest.raises(LLMPruneError, match="config refuses"):
+        cut(model, "heads=0.25")  # 6 heads: 64 % 6 != 0, LlamaConfig would not save
+    cut(model, "heads=0.5")  # 4 heads: fine
+    assert model.config.num_attention_heads == 4
+
+
+def test_phi_with_qk_layernorm_keeps_its_heads():
+    model = build_tiny("phi", qk_layernorm=True)
+    with pytest.raises(LLMPruneError, match="normalises q and k"):
+        cut(model, "heads=0.5")

@@ -41,7 +41,12 @@ def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
 
 class ObjectiveTrainer(Trainer):
     """A Trainer whose loss can mix in a teacher's logits and add a penalty (L1, group
-    lasso) on the weights: loss = (1 − α)·CE + α·T²·KL + penalty()."""
+    lasso) on the weights: loss = (1 − α)·CE + α·T²·KL + penalty().
+
+    Each micro-batch's loss is a mean over its tokens (windows have one length, no
+    padding), so the Trainer divides it by the gradient-accumulation steps itself."""
+
+    loss_is_scaled_for_ga = False
 
     def __init__(
         self,

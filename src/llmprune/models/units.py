@@ -124,6 +124,12 @@ def find_attention(block: nn.Module, config) -> Attention:
             f"structured: {model_type} computes the head size from hidden_size, so a model "
             "with fewer heads would not load in transformers; remove ffn channels or blocks"
         )
+    if getattr(config, "qk_layernorm", False):
+        raise LLMPruneError(
+            f"structured: this {model_type} model normalises q and k with a size derived "
+            "from hidden_size / heads, so a model with fewer heads would not load; "
+            "remove ffn channels or blocks"
+        )
     parts = [submodule(block, name) for name in (names.q, names.k, names.v, names.o)]
     module = submodule(block, names.module)
     if module is None or any(part is None for part in parts):

@@ -7,8 +7,9 @@ A gate z ∈ [0, 1] per unit is a hard-concrete variable (Louizos et al. 2018, �
 unit's output (an FFN channel's input to down_proj, a head's input to o_proj, a block's
 residual update). The expected share of block parameters removed, ŝ, is pushed toward a
 target t that warms up from 0 by λ1(ŝ − t) + λ2(ŝ − t)², whose λs rise by gradient
-ascent. At the end every block keeps the same number of units (the mean of what the
-gates keep, FFN widths rounded to a multiple), the strongest by their gate logits; kept
+ascent. At the end every block keeps the same number of units — the expected number the
+gates keep, Σ P(z > 0), averaged over blocks (CoFi's rule, so the cut matches ŝ), FFN
+widths rounded to a multiple — the strongest by their gate logits; kept
 units' gate values are folded into the output projections, and the model is cut with
 the same surgery as the one-shot structured prune.
 """
@@ -27,6 +28,7 @@ from llmprune.finetune.trainer import ADDED_PREFIX, MaskKeeper, finetune
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.units import find_attention, find_ffn
 from llmprune.pruning.masks import ModelMasks
+from llmprune.structured.prune import head_counts_refused
 from llmprune.structured.scores import kept_width, top_units
 from llmprune.structured.surgery import drop_blocks, keep_ffn, keep_heads, set_config_widths
 
@@ -106,7 +108,8 @@ class Gates(nn.Module):
         config = model.config
         model_type = config.model_type
         blocks = self.layout.blocks
-        start = math.log(init_keep / (1 - init_keep))
+        # log α such that P(z > 0) = init_keep
+        start = math.log(init_keep / (1 - init_keep)) + BETA * math.log(-GAMMA / ZETA)
         self.units = units
         self.ffn = nn.ParameterList()
         self.heads = nn.ParameterList()
@@ -123,10 +126,13 @@ class Gates(nn.Module):
             if "heads" in units:
                 attention = find_attention(block, config)
                 self.heads.append(nn.Parameter(torch.full((attention.num_heads,), start)))
-                dim = attention.head_dim
-                self.head_cost = dim * (
-                    weight_matrix(attention.q).shape[1] + weight_matrix(attention.o).shape[0]
-                )
+                dim, hidden = attention.head_dim, weight_matrix(attention.q).shape[1]
+                # q rows and o columns; with one query head per key-value head (no
+                # grouping) a removed head takes its k and v rows too
+                per_head = hidden + weight_matrix(attention.o).shape[0]
+                if attention.group_size == 1:
+                    per_head += 2 * hidden
+                self.head_cost = dim * per_head
         self.handles: list = []
 
     def gate(self, log_alpha: torch.Tensor) -> torch.Tensor:
@@ -261,17 +267,31 @@ def cut_to_gates(model, gates: Gates, config: LearnedConfig, masks) -> dict:
     model_config = model.config
     result: dict = {"blocks": layout.num_blocks}
     layers = []
-    ffn_keep = heads_keep = None
+    ffn_keep = heads_keep = kept_heads = head_dim = None
     if "ffn" in config.units:
-        kept = [int((deterministic_gates(g) > 0).sum()) for g in gates.ffn]
+        kept = [float(keep_probability(g).sum()) for g in gates.ffn]
         width = gates.ffn[0].numel()
         ffn_keep = kept_width(width, 1 - sum(kept) / (len(kept) * width), config.multiple)
     if "heads" in config.units:
         attention = find_attention(layout.blocks[0], model_config)
         group, kv = attention.group_size, attention.num_kv_heads
-        kept = [int((deterministic_gates(g) > 0).sum()) for g in gates.heads]
-        per_group = max(1, min(group, round(sum(kept) / (len(kept) * kv))))
-        heads_keep = per_group
+        kept = [float(keep_probability(g).sum()) for g in gates.heads]
+        # grouped: the same number of query heads in every group; ungrouped: whole heads
+        units, groups = (kv, 1) if group == 1 else (group, kv)
+        wanted = sum(kept) / (len(kept) * groups)
+        head_dim = attention.head_dim
+
+        def counts(keep: int) -> tuple[int, int]:
+            return (keep, keep) if group == 1 else (keep * kv, kv)
+
+        # the nearest count the saved config accepts (LLaMA: hidden_size % heads == 0)
+        allowed = [
+            k
+            for k in range(1, units + 1)
+            if head_counts_refused(model_config, *counts(k), head_dim) is None
+        ]
+        heads_keep = min(allowed, key=lambda k: (abs(k - wanted), -k))
+        kept_heads = counts(heads_keep)
     for index, block in enumerate(layout.blocks):
         prefix = f"{layout.blocks_path}.{index}."
         entry: dict = {"block": index}
@@ -288,19 +308,22 @@ def cut_to_gates(model, gates: Gates, config: LearnedConfig, masks) -> dict:
             logits = gates.heads[index].detach()
             z = deterministic_gates(logits).repeat_interleave(dim)
             weight_matrix(attention.o).mul_(z.to(weight_matrix(attention.o).dtype)[None, :])
-            query = [
-                g * group + j
-                for g in range(attention.num_kv_heads)
-                for j in top_units(logits[g * group : (g + 1) * group], heads_keep)
-            ]
-            keep_heads(attention, query, list(range(attention.num_kv_heads)), prefix, masks)
+            if group == 1:
+                query = kv_kept = top_units(logits, heads_keep)
+            else:
+                kv_kept = list(range(attention.num_kv_heads))
+                query = [
+                    g * group + j
+                    for g in kv_kept
+                    for j in top_units(logits[g * group : (g + 1) * group], heads_keep)
+                ]
+            keep_heads(attention, query, kv_kept, prefix, masks)
             entry["heads"] = query
         layers.append(entry)
     if ffn_keep is not None or heads_keep is not None:
         heads = None
         if heads_keep is not None:
-            kv = find_attention(layout.blocks[0], model_config).num_kv_heads
-            heads = (heads_keep * kv, kv, find_attention(layout.blocks[0], model_config).head_dim)
+            heads = (*kept_heads, head_dim)
         key = (
             find_ffn(layout.blocks[0], model_config.model_type).names.config_key
             if ffn_keep
@@ -308,7 +331,7 @@ def cut_to_gates(model, gates: Gates, config: LearnedConfig, masks) -> dict:
         )
         set_config_widths(model_config, key, ffn_keep, heads)
     if gates.block is not None:
-        drop = [i for i, z in enumerate(deterministic_gates(gates.block)) if float(z) < 0.5]
+        drop = [i for i, p in enumerate(keep_probability(gates.block)) if float(p) < 0.5]
         if len(drop) < layout.num_blocks:
             drop_blocks(model, layout, drop, masks)
         result["dropped_blocks"] = drop

@@ -11,6 +11,7 @@ model of a smaller config.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
@@ -101,7 +102,35 @@ def plan_widths(model: nn.Module, layout: ModelLayout, config: StructuredConfig)
     if removal.heads:
         attention = find_attention(layout.blocks[0], model_config)
         plan.update(plan_heads(attention, removal.heads, config))
-    return WidthPlan(**plan)
+    result = WidthPlan(**plan)
+    if result.kept_heads is not None:
+        check_head_counts(model_config, *result.kept_heads, result.head_dim, removal.heads)
+    return result
+
+
+def head_counts_refused(model_config, query: int, kv: int, head_dim: int) -> str | None:
+    """Why the config would refuse these head counts (LLaMA and Gemma2 insist, at save and
+    at load, that hidden_size is a multiple of the head count), or None."""
+    trial = copy.deepcopy(model_config)
+    set_config_widths(trial, None, None, (query, kv, head_dim))
+    validate = getattr(trial, "validate", None)
+    try:
+        if validate is not None:
+            validate()
+    except Exception as exc:  # each config raises its own kind
+        return str(exc).strip() or type(exc).__name__
+    return None
+
+
+def check_head_counts(model_config, query: int, kv: int, head_dim: int, fraction: float) -> None:
+    """Refuse, before any work, head counts the saved config could not hold."""
+    reason = head_counts_refused(model_config, query, kv, head_dim)
+    if reason is not None:
+        raise LLMPruneError(
+            f"structured: heads={fraction:g} leaves {query} heads, which a "
+            f"{model_config.model_type} config refuses ({reason}); choose a fraction whose "
+            "head count divides hidden_size"
+        )
 
 
 def plan_heads(attention: Attention, fraction: float, config: StructuredConfig) -> dict:
@@ -298,6 +327,16 @@ def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) 
         (heads[0], heads[1], plan.head_dim) if heads is not None else None,
     )
     manifest["layers"] = layers
+    if config.score == "flap":  # FLAP's compensation needs a bias to fold into
+        block = layout.blocks[0]
+        outputs = {}
+        if plan.ffn_keep is not None:
+            outputs["ffn"] = find_ffn(block, model.config.model_type).output
+        if plan.heads is not None:
+            outputs["heads"] = find_attention(block, model.config).o
+        manifest["bias_compensation"] = {
+            unit: getattr(module, "bias", None) is not None for unit, module in outputs.items()
+        }
 
 
 def channel_scores(score, weight, stats, importance, name) -> torch.Tensor:
@@ -306,7 +345,7 @@ def channel_scores(score, weight, stats, importance, name) -> torch.Tensor:
         return S.wanda_sp(weight, stats.norms.to(weight.device))
     if score == "flap":
         return S.fluctuation(weight, stats.variance.to(weight.device))
-    return importance[name].sum(dim=0)
+    return importance[name].cols
 
 
 def compensate(module: nn.Module, stats, kept: list[int], channels: int) -> None:
@@ -325,7 +364,7 @@ def cut_ffn(ffn, plan, config, stats, importance, prefix, masks) -> dict:
     )
     if importance is not None:  # Taylor: the rows of the input projections count too
         for name in names.inputs:
-            scores = scores + importance[prefix + name].sum(dim=1)
+            scores = scores + importance[prefix + name].rows
     kept = S.top_units(scores, plan.ffn_keep)
     if config.score == "flap":
         compensate(ffn.output, stats, kept, plan.ffn_width)
@@ -339,12 +378,12 @@ def cut_heads(attention, plan, config, stats, importance, prefix, masks) -> dict
         config.score, weight_matrix(attention.o), stats, importance, prefix + names.o
     )
     if importance is not None:
-        channel = channel + importance[prefix + names.q].sum(dim=1)
+        channel = channel + importance[prefix + names.q].rows
     head_scores = S.grouped(channel, dim)
     if plan.keep_groups is not None:
         group_scores = S.grouped(head_scores, group)
         if importance is not None:  # a key-value group also takes its k and v rows along
-            kv_rows = importance[prefix + names.k].sum(dim=1) + importance[prefix + names.v].sum(1)
+            kv_rows = importance[prefix + names.k].rows + importance[prefix + names.v].rows
             group_scores = group_scores + S.grouped(kv_rows, dim)
         kv_heads = S.top_units(group_scores, plan.keep_groups)
         query_heads = [g * group + j for g in kv_heads for j in range(group)]
@@ -366,9 +405,17 @@ def cut_heads(attention, plan, config, stats, importance, prefix, masks) -> dict
     }
 
 
+@dataclass(frozen=True)
+class TaylorSums:
+    """A layer's |W ⊙ ∂L/∂W| summed over each row and each column: all a unit needs."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
 def taylor_importance(
     model: nn.Module, layout: ModelLayout, windows: torch.Tensor, config: StructuredConfig
-) -> dict[str, torch.Tensor]:
+) -> dict[str, TaylorSums]:
     """|W ⊙ ∂L/∂W| of every block linear, the language-model loss summed over the
     calibration windows (one backward pass per batch, whole model on the device)."""
     if torch.is_inference_mode_enabled():
@@ -401,7 +448,9 @@ def taylor_importance(
             if grad is None:
                 raise LLMPruneError(f"structured: no gradient reached {name}")
             grad = grad.t() if isinstance(module, Conv1D) else grad
-            importance[name] = S.taylor(weight_matrix(module), grad)
+            element = S.taylor(weight_matrix(module), grad)
+            importance[name] = TaylorSums(rows=element.sum(dim=1), cols=element.sum(dim=0))
+            module.weight.grad = None  # one layer's gradient at a time, not the model's
     finally:
         for param, flag in trainable.items():
             param.grad = None
