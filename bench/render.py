@@ -54,8 +54,78 @@ def recovery_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+SCORE_NAMES = {
+    "wanda-sp": "Wanda-sp",
+    "flap": "FLAP",
+    "taylor": "Taylor",
+    "influence": "block influence",
+    "angular": "angular distance",
+}
+
+
+def removal_name(spec: str) -> str:
+    """ "ffn=0.3,heads=0.333" -> "30 % FFN + 1/3 heads" as a reader says it."""
+    parts = []
+    for item in spec.split(","):
+        key, value = item.split("=")
+        if key == "ffn":
+            parts.append(f"{float(value) * 100:.0f} % of FFN channels")
+        elif key == "heads":
+            groups = {"0.333": "1 of 3", "0.667": "2 of 3"}.get(value, value)
+            parts.append(f"{groups} key-value groups")
+        else:
+            parts.append(f"{value} block" + ("s" if value != "1" else ""))
+    return " + ".join(parts)
+
+
+def percent(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def structured_tables(data: dict) -> str:
+    dense = data["dense"]
+    lines = [
+        f"Dense: {dense['parameters']:,} parameters, perplexity {dense['perplexity']:.2f}.",
+        "",
+        "| removed | score | block params removed | perplexity |",
+        "|---|---|---|---|",
+    ]
+    for r in data["grid"]:
+        lines.append(
+            f"| {removal_name(r['removal'])} | {SCORE_NAMES[r['score']]} | "
+            f"{percent(r['block_parameters_removed'])} | {r['perplexity']:.2f} |"
+        )
+    lines += [
+        "",
+        "| about 30 % of block parameters | score | removed | perplexity | after recovery |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["equal"]:
+        lines.append(
+            f"| {removal_name(r['removal'])} | {SCORE_NAMES[r['score']]} | "
+            f"{percent(r['block_parameters_removed'])} | {r['perplexity']:.2f} | "
+            f"{r['recovered_perplexity']:.2f} |"
+        )
+    if data["speed"]:
+        lines += [
+            "",
+            "| shape | parameters | prefill × dense | decode × dense |",
+            "|---|---|---|---|",
+        ]
+        for r in data["speed"]:
+            lines.append(
+                f"| {removal_name(r['removal'])} | {r['parameters']:,} | "
+                f"{r['prefill_speedup']:.2f} | {r['decode_speedup']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    for name, render in (("oneshot.json", oneshot_table), ("recovery.json", recovery_table)):
+    for name, render in (
+        ("oneshot.json", oneshot_table),
+        ("recovery.json", recovery_table),
+        ("structured.json", structured_tables),
+    ):
         path = RESULTS / name
         if path.is_file():
             print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
