@@ -114,6 +114,7 @@ CASES = [
     (["run", "{tmp}/bad.yaml", "--run-dir", "{out}"], "unknown stage"),
     (["run", "{tmp}/not-yaml.yaml", "--run-dir", "{out}"], "not valid YAML"),
     (["report", "{tmp}/empty"], "neither a sweep nor a run"),
+    (["compare", "{tiny}", "{tmp}/no-such-model", "--out", "{out}"], "no such model"),
 ]
 
 
