@@ -10,7 +10,9 @@ Three parts (all by default), written to bench/results/structured.json as they f
 - speed: prefill (512 tokens) and decode (greedy, KV cache) tokens/s of each shape vs
   dense, in interleaved rounds.
 
-    python bench/structured.py [--parts grid equal speed] [--recovery-steps 30]
+    python bench/structured.py [--parts grid equal speed] [--recovery-steps 20]
+    python bench/structured.py --parts grid --grid heads=0.333 heads=0.667 \
+        --head-unit query --out bench/results/structured_query_heads.json
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def scores_for(spec: str) -> tuple[str, ...]:
 def cut(base, spec: str, score: str, windows, args):
     loaded = copy.deepcopy(base)
     options = {"block_score": score} if spec.startswith("blocks") else {"score": score}
+    options["head_unit"] = args.head_unit
     start = time.perf_counter()
     result = structured_prune(
         loaded.model, loaded.tokenizer, calibration=windows, remove=spec, progress=False, **options
@@ -144,6 +147,8 @@ def speed_rows(base, shapes, windows, args, data) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="*", default=["grid", "equal", "speed"])
+    parser.add_argument("--grid", nargs="*", default=GRID + GRID_BLOCKS, help="Grid removals.")
+    parser.add_argument("--head-unit", choices=["kv-group", "query"], default="kv-group")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--eval-windows", type=int, default=24)
@@ -176,7 +181,7 @@ def main() -> None:
     print(f"dense ppl {data['dense']['perplexity']:.2f}", flush=True)
     shapes: dict = {}
     if "grid" in args.parts:
-        run_rows(base, GRID + GRID_BLOCKS, windows, args, data, "grid", shapes, recovery=False)
+        run_rows(base, args.grid, windows, args, data, "grid", shapes, recovery=False)
     if "equal" in args.parts:
         run_rows(base, EQUAL, windows, args, data, "equal", shapes, recovery=True)
     if "speed" in args.parts:
