@@ -63,7 +63,7 @@ SCORE_NAMES = {
 }
 
 
-def removal_name(spec: str) -> str:
+def removal_name(spec: str, head_unit: str = "kv-group") -> str:
     """ "ffn=0.3,heads=0.333" -> "30 % FFN + 1/3 heads" as a reader says it."""
     parts = []
     for item in spec.split(","):
@@ -71,8 +71,9 @@ def removal_name(spec: str) -> str:
         if key == "ffn":
             parts.append(f"{float(value) * 100:.0f} % of FFN channels")
         elif key == "heads":
-            groups = {"0.333": "1 of 3", "0.667": "2 of 3"}.get(value, value)
-            parts.append(f"{groups} key-value groups")
+            share = {"0.333": "1 of 3", "0.667": "2 of 3"}.get(value, value)
+            what = "query heads in every group" if head_unit == "query" else "key-value groups"
+            parts.append(f"{share} {what}")
         else:
             parts.append(f"{value} block" + ("s" if value != "1" else ""))
     return " + ".join(parts)
@@ -90,9 +91,10 @@ def structured_tables(data: dict) -> str:
         "| removed | score | block params removed | perplexity |",
         "|---|---|---|---|",
     ]
+    unit = data["settings"].get("head_unit", "kv-group")
     for r in data["grid"]:
         lines.append(
-            f"| {removal_name(r['removal'])} | {SCORE_NAMES[r['score']]} | "
+            f"| {removal_name(r['removal'], unit)} | {SCORE_NAMES[r['score']]} | "
             f"{percent(r['block_parameters_removed'])} | {r['perplexity']:.2f} |"
         )
     lines += [
