@@ -122,11 +122,27 @@ def structured_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+def train_time_table(data: dict) -> str:
+    settings = data["settings"]
+    lines = [
+        f"Dense perplexity {data['dense_perplexity']:.2f}; {settings['steps']} training steps of "
+        f"{settings['batch_size']} windows × {settings['seqlen']} tokens, lr {settings['lr']:g}.",
+        "",
+        "| run | perplexity | sparsity / parameters | seconds |",
+        "|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        size = f"{r['sparsity']:.3f}" if "sparsity" in r else f"{r['parameters']:,}"
+        lines.append(f"| {r['run']} | {r['perplexity']:.2f} | {size} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("oneshot.json", oneshot_table),
         ("recovery.json", recovery_table),
         ("structured.json", structured_tables),
+        ("train_time.json", train_time_table),
     ):
         path = RESULTS / name
         if path.is_file():
