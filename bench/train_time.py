@@ -195,7 +195,7 @@ def learned_rows(base, args, windows, data) -> None:
         data,
         args,
         {
-            "run": f"one-shot Wanda-sp {spec} + {args.steps} steps FT",
+            "run": f"one-shot Wanda-sp to the same widths ({spec}) + {args.steps} steps FT",
             "perplexity": ppl(loaded, args),
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
             "seconds": time.perf_counter() - start,
