@@ -60,3 +60,19 @@ def test_a_teacher_with_another_vocabulary_is_refused():
     teacher = build_tiny("llama", vocab_size=VOCAB + 8)
     with pytest.raises(LLMPruneError, match="vocabulary"):
         finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=teacher)
+
+
+def test_hidden_state_distillation_is_zero_for_a_twin_and_positive_otherwise():
+    config = make_finetune_config(
+        steps=1, batch_size=2, seqlen=32, distill_hidden=1.0, warmup_steps=0
+    )
+    student = build_tiny("llama")
+    _, summary = finetune(student, None, config, windows=WINDOWS, teacher=copy.deepcopy(student))
+    plain = make_finetune_config(steps=1, batch_size=2, seqlen=32, warmup_steps=0)
+    _, alone = finetune(build_tiny("llama"), None, plain, windows=WINDOWS)
+    assert summary["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5)  # MSE 0
+    other = build_tiny("llama")
+    with torch.no_grad():
+        other.model.norm.weight.mul_(2.0)
+    _, summary = finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=other)
+    assert summary["train_loss"] > alone["train_loss"] + 1e-3

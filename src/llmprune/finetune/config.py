@@ -41,6 +41,9 @@ class FinetuneConfig(BaseModel):
         default=0.0, ge=0, le=1, description="α: weight of the KL to the teacher's logits."
     )
     distill_temperature: float = Field(default=2.0, gt=0, description="T of the distillation.")
+    distill_hidden: float = Field(
+        default=0.0, ge=0, description="Weight of the MSE to the teacher's last hidden states."
+    )
     teacher: str | None = Field(
         default=None, description="Teacher model; default: the run's input (dense) model."
     )

@@ -54,6 +54,7 @@ class ObjectiveTrainer(Trainer):
         teacher: nn.Module | None = None,
         weight: float = 0.0,
         temperature: float = 1.0,
+        hidden_weight: float = 0.0,
         penalty: Callable[[], torch.Tensor] | None = None,
         group_lrs: dict[str, float] | None = None,
         **kwargs,
@@ -61,7 +62,8 @@ class ObjectiveTrainer(Trainer):
         self.group_lrs = group_lrs or {}  # parameter-name prefix -> its own learning rate
         super().__init__(*args, **kwargs)
         self.teacher = None
-        if teacher is not None and weight > 0:
+        self.hidden_weight = hidden_weight
+        if teacher is not None and (weight > 0 or hidden_weight > 0):
             self.teacher = teacher.eval().to(self.args.device)
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
@@ -86,15 +88,24 @@ class ObjectiveTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        hidden = self.teacher is not None and self.hidden_weight > 0
+        outputs = model(**inputs, output_hidden_states=hidden)
         loss = outputs.loss
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(
-                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
-                ).logits
-            kl = distillation_loss(outputs.logits, teacher_logits, self.temperature)
-            loss = (1.0 - self.weight) * loss + self.weight * kl
+                teacher = self.teacher(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs.get("attention_mask"),
+                    output_hidden_states=hidden,
+                )
+            if self.weight > 0:
+                kl = distillation_loss(outputs.logits, teacher.logits, self.temperature)
+                loss = (1.0 - self.weight) * loss + self.weight * kl
+            if hidden:  # the last hidden states: blocks may differ in number after a cut
+                mse = F.mse_loss(
+                    outputs.hidden_states[-1].float(), teacher.hidden_states[-1].float()
+                )
+                loss = loss + self.hidden_weight * mse
         if self.penalty is not None:
             loss = loss + self.penalty()
         return (loss, outputs) if return_outputs else loss

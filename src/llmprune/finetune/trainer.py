@@ -198,9 +198,9 @@ def finetune(
     callbacks = [keeper(masks, train_model)] if len(masks) or custom else []
     penalty = getattr(callbacks[0], "penalty", None) if callbacks else None
     start = time.perf_counter()
-    if config.distill > 0:
+    if config.distill > 0 or config.distill_hidden > 0:
         if teacher is None:
-            raise LLMPruneError("distill > 0 needs a teacher model")
+            raise LLMPruneError("distillation needs a teacher model")
         check_teacher(teacher, model)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = ObjectiveTrainer(
@@ -211,6 +211,7 @@ def finetune(
             teacher=teacher,
             weight=config.distill,
             temperature=config.distill_temperature,
+            hidden_weight=config.distill_hidden,
             penalty=penalty,
             group_lrs={ADDED_PREFIX: config.gate_lr} if hasattr(config, "gate_lr") else {},
         )

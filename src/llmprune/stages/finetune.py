@@ -24,7 +24,7 @@ def execute(config: FinetuneConfig, state: ModelState, ctx: StageContext) -> dic
 
 def teacher_for(config: FinetuneConfig, state: ModelState):
     """The model to distil from: the config's, else the run's input (the dense model)."""
-    if config.distill <= 0:
+    if config.distill <= 0 and config.distill_hidden <= 0:
         return None
     from llmprune.models import load_model
 
