@@ -365,6 +365,7 @@ def speed_command(
     from llmprune.io import write_json
     from llmprune.models import load_model
     from llmprune.provenance import environment
+    from llmprune.structured.prune import model_parameters
 
     loaded = {source: load_model(source, dtype=dtype) for source in models}
     vocab = min(len(item.tokenizer) for item in loaded.values())
@@ -380,7 +381,7 @@ def speed_command(
     for column in ("model", "parameters", "prefill tok/s", "×", "decode tok/s", "×"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for source, speed in measured.items():
-        speed["parameters"] = sum(p.numel() for p in loaded[source].model.parameters())
+        speed["parameters"] = model_parameters(loaded[source].model)
         speed["prefill_ratio"] = speed["prefill_tokens_per_s"] / first["prefill_tokens_per_s"]
         speed["decode_ratio"] = speed["decode_tokens_per_s"] / first["decode_tokens_per_s"]
         table.add_row(

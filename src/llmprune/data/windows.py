@@ -89,3 +89,11 @@ def calibration_sample(
     budget = max(nsamples * seqlen * 4, 1_000_000)
     ids = source_tokens(tokenizer, text, "train", max_tokens=budget)
     return calibration_windows(ids, nsamples, seqlen, seed)
+
+
+def configured_sample(tokenizer, config, context: int | None = None) -> torch.Tensor:
+    """`calibration_sample` with a config's calib, nsamples, seqlen and seed (prune and
+    structured configs carry the same four)."""
+    return calibration_sample(
+        tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, context
+    )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llmprune.data import calibration_sample
+from llmprune.data import configured_sample
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, find_layout, set_weight_matrix, weight_matrix
 from llmprune.models.loading import max_context
@@ -168,9 +168,7 @@ def prune(
         context = max_context(model.config) if hasattr(model, "config") else None
         windows = calibration
         if windows is None:
-            windows = calibration_sample(
-                tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, context
-            )
+            windows = configured_sample(tokenizer, config, context)
     ratios, block_sparsity = [], []
     if config.allocation == "owl":
         ratios = owl_ratios or owl_outlier_ratios(

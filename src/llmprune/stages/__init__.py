@@ -49,37 +49,42 @@ class StageKind:
     expand: Callable[[Any], list[tuple[str, dict]]] | None = None  # made of other stages
 
 
+# what stages take from the run: calibrating stages read the run's text as calibration,
+# training stages as training data; both take its seed and device
+CALIBRATING = (("calib", "data"), ("seed", "seed"), ("device", "device"))
+TRAINING = (("data", "data"), ("seed", "seed"), ("device", "device"))
+
 KINDS: dict[str, StageKind] = {
     "evaluate": StageKind(evaluate.EvaluateStage, evaluate.execute),
     "prune": StageKind(
         PruneConfig,
         prune.execute,
         changes_model=True,
-        run_defaults=(("calib", "data"), ("seed", "seed"), ("device", "device")),
+        run_defaults=CALIBRATING,
     ),
     "finetune": StageKind(
         FinetuneConfig,
         finetune.execute,
         changes_model=True,
-        run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
+        run_defaults=TRAINING,
     ),
     "structured": StageKind(
         StructuredConfig,
         structured.execute,
         changes_model=True,
-        run_defaults=(("calib", "data"), ("seed", "seed"), ("device", "device")),
+        run_defaults=CALIBRATING,
     ),
     "gradual": StageKind(
         GradualConfig,
         gradual.execute,
         changes_model=True,
-        run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
+        run_defaults=TRAINING,
     ),
     "learned": StageKind(
         LearnedConfig,
         learned.execute,
         changes_model=True,
-        run_defaults=(("data", "data"), ("seed", "seed"), ("device", "device")),
+        run_defaults=TRAINING,
     ),
     "iterative": StageKind(iterative.IterativeStage, None, expand=iterative.expand),
     "save": StageKind(save.SaveStage, save.execute, check=save.check, main_only=True),

@@ -8,16 +8,17 @@ from llmprune.stages.finetune import teacher_for
 from llmprune.stages.state import ModelState
 from llmprune.stages.structured import add_pass
 from llmprune.structured.learned import LearnedConfig, learn_structure
+from llmprune.structured.prune import model_parameters
 
 
 def execute(config: LearnedConfig, state: ModelState, ctx: StageContext) -> dict:
     loaded = state.load()
     windows = ctx.inputs.training(loaded.tokenizer, config)
-    before = sum(p.numel() for p in loaded.model.parameters())
+    before = model_parameters(loaded.model)
     loaded.model, masks, summary = learn_structure(
         loaded.model, loaded.tokenizer, config, state.masks, windows, teacher_for(config, state)
     )
-    after = sum(p.numel() for p in loaded.model.parameters())
+    after = model_parameters(loaded.model)
     structure = summary["structure"]
     add_pass(
         state,

@@ -121,7 +121,7 @@ class SharedInputs:
         return self.memo[key]
 
     def calibration(self, tokenizer, config, context: int | None) -> torch.Tensor:
-        from llmprune.data import calibration_sample
+        from llmprune.data import configured_sample
 
         if self.fixed_calibration is not None:
             return self.fixed_calibration
@@ -133,12 +133,7 @@ class SharedInputs:
             config.seqlen,
         )
         key += (config.seed, context)
-        return self.get(
-            key,
-            lambda: calibration_sample(
-                tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, context
-            ),
-        )
+        return self.get(key, lambda: configured_sample(tokenizer, config, context))
 
     def eval_windows(self, tokenizer, context: int | None, data: str, seqlen: int, max_windows):
         from llmprune.data import check_seqlen, eval_windows, get_source, source_tokens

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from llmprune.data import calibration_sample
+from llmprune.data import configured_sample
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.loading import max_context
@@ -188,14 +188,7 @@ def structured_prune(
     plan = plan_widths(model, layout, config)
     windows = calibration
     if windows is None:
-        windows = calibration_sample(
-            tokenizer,
-            config.calib,
-            config.nsamples,
-            config.seqlen,
-            config.seed,
-            max_context(model.config),
-        )
+        windows = configured_sample(tokenizer, config, max_context(model.config))
     masks = masks if masks is not None else ModelMasks()
     before = {"model": model_parameters(model), "blocks": block_parameters(layout)}
     manifest: dict = {
