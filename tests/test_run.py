@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from llmprune.errors import LLMPruneError
 from llmprune.export import load_masks
@@ -143,6 +144,7 @@ def test_a_recipe_under_torchrun_with_two_processes(tmp_path, tiny_model_dirs):
     stages = [
         {"prune": {"method": "magnitude", "sparsity": 0.5}},
         {"finetune": {"steps": 2, "batch_size": 2, "seqlen": 32, "learning_rate": 0.001}},
+        {"finetune": {"steps": 2, "batch_size": 2, "seqlen": 32, "sharding": "fsdp"}},
     ]
     path = write_recipe(tmp_path, tiny_model_dirs["llama"], stages=stages)
     process = torchrun(
@@ -150,11 +152,15 @@ def test_a_recipe_under_torchrun_with_two_processes(tmp_path, tiny_model_dirs):
     )
     assert process.returncode == 0, process.stderr[-3000:]
     log = read_log(tmp_path / "run")
-    assert [line["kind"] for line in log] == ["prune", "finetune"]
-    masks = load_masks(tmp_path / "run" / "stage-02-finetune")
-    assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)
-    record = json.loads((tmp_path / "run" / "stage-02-finetune" / "stage.json").read_text())
-    assert record["finetune"]["world_size"] == 2
+    assert [line["kind"] for line in log] == ["prune", "finetune", "finetune"]
+    for step, sharded in (("stage-02-finetune", False), ("stage-03-finetune", True)):
+        masks = load_masks(tmp_path / "run" / step)
+        assert masks.sparsity() == pytest.approx(0.5, abs=1e-3)
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / step)
+        assert masks.violations(model) == {}
+        record = json.loads((tmp_path / "run" / step / "stage.json").read_text())
+        assert record["finetune"]["world_size"] == 2
+        assert record["finetune"]["sharded"] is sharded
 
 
 def test_the_same_point_gives_the_same_perplexity_through_prune_run_and_sweep(

@@ -1,10 +1,14 @@
 """Recovery keeps sparsity: full fine-tuning, PERP subsets, LoRA merged through masks."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llmprune.errors import LLMPruneError
 from llmprune.finetune import finetune, make_finetune_config
@@ -120,3 +124,48 @@ def test_two_process_ddp_keeps_masks_and_agrees(tmp_path):
     assert all(r["world_size"] == 2 for r in reports)
     assert reports[0]["sha"] == reports[1]["sha"]
     assert all(r["violations"] == 0 for r in reports)
+
+
+def test_fsdp_with_two_processes_keeps_masks_and_matches_one_process(tmp_path):
+    """FSDP2 over 2 CPU processes: weights are really sharded, pruned weights and their
+    AdamW moments stay zero on every shard, every rank ends with the same full model,
+    and (LLaMA has no dropout) it equals one process training on the same 4 windows per
+    step. GPT-2 covers Conv1D (transposed) weights and a tied head."""
+    worker = Path(__file__).with_name("fsdp_worker.py")
+    process = torchrun(str(worker), str(tmp_path), "fsdp", "llama,gpt2", port=29519)
+    assert process.returncode == 0, process.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path), "single", "llama"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    for family in ("llama", "gpt2"):
+        reports = [json.loads((tmp_path / f"{family}-fsdp{r}.json").read_text()) for r in (0, 1)]
+        for report in reports:
+            assert report["world_size"] == 2 and report["sharded"]
+            assert report["class"] in ("LlamaForCausalLM", "GPT2LMHeadModel")
+            assert report["violations"] == 0 and report["moments_at_pruned"] == 0
+            assert report["zeros_in_masked_layers"] == report["masked_weights"] // 2
+        ranks = [load_file(tmp_path / f"{family}-fsdp{r}.safetensors") for r in (0, 1)]
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    sharded = load_file(tmp_path / "llama-fsdp0.safetensors")
+    alone = load_file(tmp_path / "llama-single0.safetensors")
+    start = build_tiny("llama").state_dict()
+    moved = max(float((alone[k] - start[k]).abs().max()) for k in alone)
+    assert moved > 1e-3  # training really changed the weights
+    assert max(float((sharded[k] - alone[k]).abs().max()) for k in alone) < 1e-4
+
+
+def test_fsdp_refuses_lora_and_uneven_splits(monkeypatch):
+    model = build_tiny("llama")
+    masks = prune(model, method="magnitude", sparsity=0.5, progress=False).masks
+    windows = torch.randint(0, 500, (6, 16), generator=torch.Generator().manual_seed(0))
+    config = make_finetune_config(steps=1, trainable=["lora"], sharding="fsdp", seqlen=16)
+    with pytest.raises(LLMPruneError, match="sharding: fsdp trains full weights"):
+        finetune(model, None, config, masks, windows=windows)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    config = make_finetune_config(steps=1, batch_size=1, seqlen=16)
+    with pytest.raises(LLMPruneError, match="6 training windows do not split evenly over 4"):
+        finetune(model, None, config, masks, windows=windows)

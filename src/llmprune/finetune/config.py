@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +14,8 @@ class FinetuneConfig(BaseModel):
     """Causal-LM training that keeps pruned weights at exactly zero."""
 
     model_config = ConfigDict(extra="forbid")
+    # training that reads whole weight matrices on every rank (scores, gates) is not sharded
+    shardable: ClassVar[bool] = True
 
     trainable: list[str] = Field(default_factory=lambda: ["all"])
     lora_rank: int = Field(default=16, ge=1)
@@ -33,6 +35,10 @@ class FinetuneConfig(BaseModel):
     grad_accumulation: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    sharding: Literal["none", "fsdp"] = Field(
+        default="none",
+        description="none: every process holds the model (DDP) | fsdp: shard it (FSDP2).",
+    )
     data: str = "pydoc"
     seqlen: int = Field(default=256, ge=2)
     seed: int = 0
@@ -55,6 +61,13 @@ class FinetuneConfig(BaseModel):
             return check_parts(value)
         except LLMPruneError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("sharding")
+    @classmethod
+    def can_shard(cls, value: str) -> str:
+        if value != "none" and not cls.shardable:
+            raise ValueError("this stage scores whole weight matrices: it cannot be sharded")
+        return value
 
     @property
     def uses_lora(self) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from llmprune.errors import LLMPruneError
+from llmprune.finetune.sharding import enable_on_cpu
 
 
 def distillation_loss(
@@ -56,6 +57,7 @@ class ObjectiveTrainer(Trainer):
         temperature: float = 1.0,
         hidden_weight: float = 0.0,
         penalty: Callable[[], torch.Tensor] | None = None,
+        after_backward: Callable[[], None] | None = None,
         group_lrs: dict[str, float] | None = None,
         **kwargs,
     ):
@@ -68,6 +70,19 @@ class ObjectiveTrainer(Trainer):
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
         self.weight, self.temperature, self.penalty = weight, temperature, penalty
+        self.after_backward = after_backward
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        enable_on_cpu(self)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step; then gradients no hook could reach are masked (FSDP), before
+        the Trainer clips them and steps."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.after_backward is not None:
+            self.after_backward()
+        return loss
 
     def create_optimizer(self, *args, **kwargs):
         """The Trainer's optimizer, with the parameters of each prefix in a group of their

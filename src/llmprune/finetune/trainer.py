@@ -26,6 +26,14 @@ from llmprune.errors import LLMPruneError
 from llmprune.finetune.config import FinetuneConfig
 from llmprune.finetune.distill import ObjectiveTrainer, check_teacher
 from llmprune.finetune.lora import add_lora, is_peft, mask_adapters, merge_lora
+from llmprune.finetune.sharding import (
+    check_split,
+    fsdp_arguments,
+    gathered,
+    is_sharded,
+    processes,
+    shard_like,
+)
 from llmprune.finetune.trainable import count_trainable, trainable_names
 from llmprune.models.layout import find_layout, storage_mask
 from llmprune.pruning.allocation import matches
@@ -53,18 +61,34 @@ class MaskKeeper(TrainerCallback):
         self.model = model
         self.unpacked: dict | None = None  # on the weights' devices, unpacked once
         self.handles: list = []
-        self.keeps: dict[str, torch.Tensor] = {}  # what the gradient hooks multiply by
+        self.keeps: dict[str, torch.Tensor] = {}  # storage-order masks (sharded like weights)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.unpacked = self.masks.on_devices(self.model)
-        self.masks.apply(self.model, self.unpacked)
         self.layers = find_layout(self.model).linears()
         for name, mask in self.unpacked.items():
             weight = self.layers[name].weight
-            if weight.requires_grad:
-                keep = storage_mask(self.layers[name], mask).to(weight.dtype)
-                self.keeps[name] = keep
+            keep = shard_like(storage_mask(self.layers[name], mask), weight)
+            self.keeps[name] = keep
+            if weight.requires_grad and not is_sharded(weight):
                 self.handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
+        self.reapply()
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        """Zero every pruned weight (each rank its own shard under FSDP)."""
+        for name, keep in self.keeps.items():
+            self.layers[name].weight.mul_(keep)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights that no hook reached: FSDP assigns each
+        sharded gradient after the backward pass, so the trainer calls this before
+        clipping and the optimizer step."""
+        for name, keep in self.keeps.items():
+            grad = self.layers[name].weight.grad
+            if is_sharded(grad):
+                grad.mul_(keep)
 
     def tighten(self, name: str, mask: torch.Tensor) -> None:
         """Replace a layer's mask by a smaller one during training (gradual pruning): the
@@ -73,13 +97,12 @@ class MaskKeeper(TrainerCallback):
         self.unpacked[name] = mask
         self.masks[name] = mask
         module = self.layers[name]
-        if name in self.keeps:
-            self.keeps[name].copy_(storage_mask(module, mask))
+        self.keeps[name].copy_(shard_like(storage_mask(module, mask), module.weight))
         with torch.no_grad():
-            module.weight.mul_(storage_mask(module, mask).to(module.weight.dtype))
+            module.weight.mul_(self.keeps[name])
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.masks.apply(self.model, self.unpacked)
+        self.reapply()
 
     def on_train_end(self, args, state, control, **kwargs):
         for handle in self.handles:
@@ -102,13 +125,17 @@ class WindowDataset(torch.utils.data.Dataset):
 
 
 def training_windows(tokenizer, config: FinetuneConfig) -> torch.Tensor:
-    """Enough random windows from the train split for every step of the run."""
-    count = config.steps * config.batch_size * config.grad_accumulation
+    """Enough random windows from the train split for every step of the run, on every
+    process (each process trains on its own windows: batch_size is per process)."""
+    count = config.steps * config.batch_size * config.grad_accumulation * processes()
     ids = source_tokens(tokenizer, get_source(config.data), "train")
     return calibration_windows(ids, count, config.seqlen, seed=config.seed + 1)
 
 
-def training_arguments(config: FinetuneConfig, output_dir: str) -> TrainingArguments:
+def training_arguments(
+    config: FinetuneConfig, output_dir: str, model: nn.Module | None = None
+) -> TrainingArguments:
+    sharding = fsdp_arguments(model) if config.sharding == "fsdp" and model is not None else {}
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=config.steps,
@@ -129,6 +156,7 @@ def training_arguments(config: FinetuneConfig, output_dir: str) -> TrainingArgum
         dataloader_drop_last=True,
         disable_tqdm=True,
         remove_unused_columns=False,
+        **sharding,
     )
 
 
@@ -174,6 +202,12 @@ def finetune(
     # the same result whatever ran before it in this process (a resumed run included)
     set_seed(config.seed)
     windows = windows if windows is not None else training_windows(tokenizer, config)
+    check_split(len(windows), config.batch_size)
+    if config.sharding == "fsdp" and config.uses_lora:
+        raise LLMPruneError(
+            "sharding: fsdp trains full weights and PERP parts; train LoRA adapters "
+            "without sharding (data parallel)"
+        )
     parts = [p for p in config.trainable if p not in ("lora", "lora_head")]
     chosen = trainable_names(model, parts) if parts else set()
     keep = {id(p) for n, p in model.named_parameters() if n in chosen}
@@ -205,7 +239,7 @@ def finetune(
     with tempfile.TemporaryDirectory() as scratch:
         trainer = ObjectiveTrainer(
             model=train_model,
-            args=training_arguments(config, scratch),
+            args=training_arguments(config, scratch, train_model),
             train_dataset=WindowDataset(windows),
             callbacks=callbacks,
             teacher=teacher,
@@ -213,12 +247,14 @@ def finetune(
             temperature=config.distill_temperature,
             hidden_weight=config.distill_hidden,
             penalty=penalty,
+            after_backward=callbacks[0].mask_gradients if callbacks else None,
             group_lrs={ADDED_PREFIX: config.gate_lr} if hasattr(config, "gate_lr") else {},
         )
         trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()
         world_size = trainer.args.world_size
-    model = train_model
+    sharded = any(is_sharded(p) for p in train_model.parameters())
+    model = gathered(train_model)
     if config.uses_lora and config.merge_lora:
         model = merge_lora(train_model, masks)
     elif len(masks):
@@ -234,6 +270,7 @@ def finetune(
         "warmup_steps": config.warmup,
         "masked_lora_layers": masked_adapters,
         "world_size": world_size,
+        "sharded": sharded,
         "seconds": time.perf_counter() - start,
     }
     return model, summary

@@ -14,6 +14,8 @@ from llmprune.gradual.schedules import Schedule
 class GradualConfig(FinetuneConfig):
     """Fine-tuning that prunes as it trains: masks grow at steps t0, t0 + Δt, … t0 + nΔt."""
 
+    shardable = False
+
     sparsity: float | None = Field(default=None, ge=0, lt=1, description="Target s_f.")
     initial_sparsity: float | None = Field(
         default=None, ge=0, lt=1, description="s_i at t0 (default 0; constant: s_f)."

@@ -60,6 +60,8 @@ def lagrangian(expected: torch.Tensor, target: float, l1: float, l2: float) -> t
 class LearnedConfig(FinetuneConfig):
     """Training with gates on structured units toward a target share of block parameters."""
 
+    shardable = False
+
     sparsity: float = Field(gt=0, lt=1, description="Target share of block parameters removed.")
     units: list[str] = Field(
         default_factory=lambda: ["ffn", "heads"], description="ffn | heads | blocks"
