@@ -203,7 +203,8 @@ def test_a_model_too_big_for_free_memory_is_refused_and_the_streamed_path_named(
     scratch, tiny_model_dirs, monkeypatch, capsys
 ):
     tiny = tiny_model_dirs["llama"]
-    monkeypatch.setattr("llmprune.models.loading.available_memory_bytes", lambda: 100_000)
+    # more than one block's weights (164 KiB), less than the whole model
+    monkeypatch.setattr("llmprune.models.loading.available_memory_bytes", lambda: 300_000)
     argv = ["prune", str(tiny), "--method", "magnitude", "--sparsity", "0.5", "--seqlen", "32"]
     argv += ["--eval-windows", "2", "--no-stream"]
     monkeypatch.setattr(sys, "argv", ["llmprune", *argv, "--out", str(scratch / "out")])
@@ -222,3 +223,22 @@ def test_a_model_too_big_for_free_memory_is_refused_and_the_streamed_path_named(
         raise SystemExit(0)
     assert exit_info.value.code == 0, capsys.readouterr().err
     assert (scratch / "out" / "masks.safetensors").is_file()
+
+
+def test_a_model_whose_one_block_does_not_fit_is_refused_before_any_work(
+    scratch, tiny_model_dirs, monkeypatch, capsys
+):
+    tiny = tiny_model_dirs["llama"]
+    monkeypatch.setattr("llmprune.models.loading.available_memory_bytes", lambda: 1_000_000)
+    argv = ["prune", str(tiny), "--method", "sparsegpt", "--sparsity", "0.5", "--seqlen", "32"]
+    argv += ["--nsamples", "64", "--out", str(scratch / "out")]
+    monkeypatch.setattr(sys, "argv", ["llmprune", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(stderr.strip().splitlines()) == 1
+    # 37 k weights × 4 B; 6 Hessians 64² and one 128² + 4 × 128² for the inversion (0.4 MiB);
+    # 64 windows × 32 tokens × 64 wide × 4 B, and one batch through 128-wide layers
+    assert "needs about 1.2 MiB (block weights 0.1 MiB, statistics 0.4 MiB, calibration " in stderr
+    assert "activations 0.6 MiB) on cpu and 1.0 MiB is free" in stderr
+    assert not (scratch / "out").exists()

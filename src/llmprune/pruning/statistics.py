@@ -67,6 +67,16 @@ class Statistic:
     def add_batch(self, x: torch.Tensor) -> None:
         self.tokens += x.numel() // x.shape[-1]
 
+    @classmethod
+    def bytes_for(cls, in_features: int) -> int:
+        """Memory one accumulator holds for a layer of `in_features` inputs."""
+        return 0
+
+    @classmethod
+    def working_bytes(cls, in_features: int) -> int:
+        """Memory the pruning maths needs on top while it handles one such layer."""
+        return 0
+
 
 class InputNorms(Statistic):
     """Per-input-channel squared L2 norms ‖X_j‖² (Wanda, Sun et al. 2023; OWL)."""
@@ -79,6 +89,10 @@ class InputNorms(Statistic):
         x = flat_inputs(x, self.layer)
         self.squared += x.pow(2).sum(dim=0).double()
         self.tokens += x.shape[0]
+
+    @classmethod
+    def bytes_for(cls, in_features: int) -> int:
+        return in_features * 8
 
     @property
     def norms(self) -> torch.Tensor:
@@ -101,6 +115,15 @@ class Hessian(Statistic):
         x = flat_inputs(x, self.layer)
         self.sum.addmm_(x.t(), x)
         self.tokens += x.shape[0]
+
+    @classmethod
+    def bytes_for(cls, in_features: int) -> int:
+        return in_features * in_features * 4
+
+    @classmethod
+    def working_bytes(cls, in_features: int) -> int:
+        """H, its fixed copy, the dampened matrix and the Cholesky factors: ~4 in×in."""
+        return 4 * cls.bytes_for(in_features)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -131,6 +154,10 @@ class ChannelMoments(Statistic):
         self.sum += x.sum(dim=0)
         self.squared += x.pow(2).sum(dim=0)
         self.tokens += x.shape[0]
+
+    @classmethod
+    def bytes_for(cls, in_features: int) -> int:
+        return in_features * 16
 
     def _checked_tokens(self) -> int:
         if self.tokens == 0:

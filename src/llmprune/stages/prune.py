@@ -19,6 +19,7 @@ from llmprune.finetune.lora import refresh_adapter_masks
 from llmprune.io import write_json
 from llmprune.models.streaming import NotStreamable
 from llmprune.pruning import PruneConfig, PruneResult, prune
+from llmprune.pruning.footprint import block_footprint, check_block_fits
 from llmprune.pruning.masks import MASKS_FILE
 from llmprune.stages.context import StageContext
 from llmprune.stages.state import ModelState
@@ -76,6 +77,8 @@ def prune_streamed(
     from llmprune.models.streaming import ShardWriter, StreamedModel, StreamResidency
 
     streamed = StreamedModel(source_dir, parse_dtype(state.dtype))
+    footprint = block_footprint(streamed.layout, config, streamed.dtype)
+    check_block_fits(footprint, config.device, str(source_dir))
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
     windows = None
     if config.needs_calibration:
@@ -96,6 +99,7 @@ def prune_streamed(
     writer.add(streamed.outside_tensors())
     writer.finish()
     record = prune_record(result, started, config.device, streamed=True)
+    record["block_footprint_mb"] = footprint.total / 2**20
     streamed.model.config.save_pretrained(out)
     if streamed.model.generation_config is not None:
         streamed.model.generation_config.save_pretrained(out)
