@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def run_ours(job: dict) -> dict:
         allocation=job.get("allocation", "uniform"),
         nsamples=calibration.shape[0],
         seqlen=calibration.shape[1],
+        calibration_dtype=job.get("precision", "float32"),
         **amount_options(job["target"]),
     )
     start = time.perf_counter()
@@ -77,6 +79,7 @@ def run_ours_streamed(job: dict) -> dict:
         "allocation": job.get("allocation", "uniform"),
         "nsamples": calibration.shape[0],
         "seqlen": calibration.shape[1],
+        "calibration_dtype": job.get("precision", "float32"),
         **amount_options(job["target"]),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +156,7 @@ def run_peer(job: dict) -> dict:
 
 def worker(spec: str) -> None:
     job = json.loads(spec)
+    torch.set_num_threads(job["threads"])  # once, before any work
     result = run_peer(job) if job["tool"] == "llmcompressor" else run_ours(job)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -162,6 +166,7 @@ def spawn(job: dict, log) -> dict:
         [sys.executable, __file__, "--worker", json.dumps(job)],
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(job["threads"])},
     )
     log.write(process.stdout + process.stderr)
     for line in process.stdout.splitlines():
@@ -206,12 +211,27 @@ def prepare(args, workdir: Path) -> tuple[dict, float]:
 
 
 def jobs(
-    base: dict, targets: list[str], peer_targets: list[str], owl_targets: list[str], with_peer: bool
+    base: dict,
+    targets: list[str],
+    peer_targets: list[str],
+    owl_targets: list[str],
+    with_peer: bool,
+    methods: list[str] = OURS,
+    precisions: tuple[str, ...] = ("float32",),
 ) -> list[dict]:
     planned = []
     for target in targets:
-        for method in OURS:
-            planned.append({**base, "tool": "llmprune", "method": method, "target": target})
+        for method in methods:
+            for precision in precisions if METHODS[method].needs_calibration else ("float32",):
+                planned.append(
+                    {
+                        **base,
+                        "tool": "llmprune",
+                        "method": method,
+                        "target": target,
+                        "precision": precision,
+                    }
+                )
             if with_peer and method in PEER and target in peer_targets:
                 planned.append(
                     {**base, "tool": "llmcompressor", "method": method, "target": target}
@@ -238,6 +258,20 @@ def add_ratios(rows: list[dict]) -> None:
     }
     for row in rows:
         peer = peers.get((row["method"], row["target"]))
+        if row.get("precision", "float32") != "float32":  # compared with our fp32 row instead
+            ours = [
+                r
+                for r in rows
+                if r["tool"] == "llmprune"
+                and (r["method"], r["target"]) == (row["method"], row["target"])
+                and r.get("precision") == "float32"
+                and r.get("allocation") != "owl"
+                and "error" not in r
+            ]
+            if ours and "error" not in row:
+                row["vs_fp32_calibration"] = {
+                    key: row[key] / ours[0][key] for key in ("perplexity", "seconds")
+                }
         if (
             row["tool"] != "llmprune"
             or row.get("allocation") == "owl"
@@ -253,13 +287,15 @@ def add_ratios(rows: list[dict]) -> None:
 def print_table(rows: list[dict], dense: float) -> None:
     print(f"\ndense perplexity {dense:.3f}")
     header = (
-        f"{'tool':<14}{'method':<14}{'target':>7}{'sparsity':>9}{'ppl':>10}{'s':>8}{'RSS MiB':>9}"
+        f"{'tool':<14}{'method':<14}{'calib':>6}{'target':>7}{'sparsity':>9}{'ppl':>10}"
+        f"{'s':>8}{'RSS MiB':>9}"
     )
     print(header + f"{'ppl x':>8}{'time x':>8}{'RSS x':>8}")
     for r in rows:
         name = r["method"] + ("+owl" if r.get("allocation") == "owl" else "")
+        calib = {"float32": "fp32", "bfloat16": "bf16"}.get(r.get("precision", "float32"))
         if "error" in r:
-            print(f"{r['tool']:<14}{name:<14}{r['target']:>7}  error: {r['error'][:60]}")
+            print(f"{r['tool']:<14}{name:<14}{calib:>6}{r['target']:>7}  error: {r['error'][:60]}")
             continue
         ratio = r.get("vs_llmcompressor")
         extra = (
@@ -267,8 +303,12 @@ def print_table(rows: list[dict], dense: float) -> None:
             if ratio
             else ""
         )
+        if "vs_fp32_calibration" in r:
+            fp32 = r["vs_fp32_calibration"]
+            extra = f"   vs fp32 calibration: ppl x {fp32['perplexity']:.4f}"
+            extra += f", time x {fp32['seconds']:.2f}"
         print(
-            f"{r['tool']:<14}{name:<14}{r['target']:>7}{r['sparsity']:>9.3f}"
+            f"{r['tool']:<14}{name:<14}{calib:>6}{r['target']:>7}{r['sparsity']:>9.3f}"
             f"{r['perplexity']:>10.3f}{r['seconds']:>8.1f}{r['peak_rss_mb']:>9.0f}" + extra
         )
 
@@ -287,6 +327,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--methods", default=",".join(OURS), help="llmprune methods to run")
+    parser.add_argument(
+        "--precisions", default="float32", help="calibration compute: float32,bfloat16"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="threads of every job")
     parser.add_argument("--out", type=Path, default=RESULTS / "oneshot.json")
     args = parser.parse_args()
     if args.worker:
@@ -298,6 +343,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base, dense = prepare(args, Path(tmp))
         base["stream"] = args.stream
+        base["threads"] = args.threads
         rows = []
         with open(Path(tmp) / "log.txt", "w") as log:
             planned = jobs(
@@ -306,13 +352,16 @@ def main() -> None:
                 split(args.peer_targets),
                 split(args.owl_targets),
                 with_peer,
+                split(args.methods),
+                tuple(split(args.precisions)),
             )
             for job in planned:
                 rows.append(spawn(job, log))
                 save(args, dense, rows, partial=True)
                 row = rows[-1]
                 print(
-                    f"  {row['tool']} {row['method']} {row['target']} {row.get('allocation', '')}"
+                    f"  {row['tool']} {row['method']} {row.get('precision', '')} {row['target']}"
+                    f" {row.get('allocation', '')}"
                     f" -> {row.get('perplexity', row.get('error'))}",
                     flush=True,
                 )
@@ -340,7 +389,7 @@ def save(args, dense: float, rows: list[dict], partial: bool) -> None:
             "seed": args.seed,
             "dense_perplexity": dense,
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "threads": args.threads,
             "partial": partial,
             "rows": [{k: v for k, v in r.items() if k not in hidden} for r in rows],
         },

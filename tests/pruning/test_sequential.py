@@ -12,7 +12,12 @@ from llmprune.models.layout import ModelLayout
 from llmprune.pruning import make_config, prune
 from llmprune.pruning.amounts import Sparsity
 from llmprune.pruning.methods import METHODS
-from llmprune.pruning.sequential import capture_block_inputs, walk_blocks
+from llmprune.pruning.sequential import (
+    calibration_compute_dtype,
+    capture_block_inputs,
+    has_fast_bf16,
+    walk_blocks,
+)
 from llmprune.pruning.statistics import InputNorms
 from tests.conftest import FAMILIES, VOCAB, build_tiny
 from tests.pruning.cases import windows
@@ -137,3 +142,32 @@ def test_nan_calibration_activations_name_the_layer():
         model.transformer.wte.weight[:] = float("nan")
     with pytest.raises(LLMPruneError, match="NaN/Inf.*transformer.h.0.attn.c_attn"):
         prune(model, calibration=windows(), method="sparsegpt", sparsity=0.5, progress=False)
+
+
+def test_bf16_calibration_runs_blocks_under_autocast_and_keeps_statistics_fp32():
+    windows = torch.randint(0, 500, (8, 32), generator=torch.Generator().manual_seed(0))
+    masks = {}
+    for dtype in ("float32", "bfloat16"):
+        model = build_tiny("llama")
+        result = prune(
+            model,
+            method="sparsegpt",
+            sparsity=0.5,
+            calibration=windows,
+            calibration_dtype=dtype,
+            progress=False,
+        )
+        assert result.compute_dtype == dtype
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert result.masks.sparsity() == 0.5
+        masks[dtype] = result.masks
+    agreement = [
+        float((masks["float32"][n] == masks["bfloat16"][n]).float().mean())
+        for n in masks["float32"]
+    ]
+    assert min(agreement) > 0.99 and min(agreement) < 1.0  # bf16 really ran, and barely moved
+    assert calibration_compute_dtype("float32", "cpu", torch.float32) is None
+    assert calibration_compute_dtype("bfloat16", "cpu", torch.float32) == torch.bfloat16
+    assert calibration_compute_dtype("bfloat16", "cpu", torch.bfloat16) is None  # already bf16
+    auto = calibration_compute_dtype("auto", "cpu", torch.float32)
+    assert auto == (torch.bfloat16 if has_fast_bf16(torch.device("cpu")) else None)

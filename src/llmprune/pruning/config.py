@@ -47,6 +47,10 @@ class PruneConfig(BaseModel):
     blocksize: int = Field(default=128, ge=1, description="SparseGPT column block.")
     dampening: float = Field(default=0.01, gt=0, description="SparseGPT: x mean diag(H).")
     device: str = Field(default="cpu", description="cpu | cuda | cuda:N")
+    calibration_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Calibration forward passes: auto = bfloat16 where the hardware has it.",
+    )
 
     @field_validator("method")
     @classmethod

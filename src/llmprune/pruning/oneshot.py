@@ -22,7 +22,12 @@ from llmprune.pruning.amounts import NM, Amount, Sparsity
 from llmprune.pruning.config import PruneConfig, make_config
 from llmprune.pruning.masks import ModelMasks
 from llmprune.pruning.methods import METHODS
-from llmprune.pruning.sequential import Residency, collect_statistics, walk_blocks
+from llmprune.pruning.sequential import (
+    Residency,
+    calibration_compute_dtype,
+    collect_statistics,
+    walk_blocks,
+)
 from llmprune.pruning.statistics import InputNorms
 from llmprune.pruning.wanda import wanda_scores
 
@@ -37,6 +42,7 @@ class PruneResult:
     block_sparsity: list[float] = field(default_factory=list)
     owl_ratios: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    compute_dtype: str = ""  # what the calibration forward passes ran in
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +54,7 @@ class PruneResult:
             "block_sparsity": self.block_sparsity,
             "owl_ratios": self.owl_ratios,
             "seconds": self.seconds,
+            "calibration_compute_dtype": self.compute_dtype,
         }
 
 
@@ -78,7 +85,14 @@ def layer_amounts(
 
 
 def owl_outlier_ratios(
-    model, layout, windows, config, chosen: set[str], progress: bool, residency=None
+    model,
+    layout,
+    windows,
+    config,
+    chosen: set[str],
+    progress: bool,
+    residency=None,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[float]:
     """OWL's pre-pass over the dense model: outlier ratio of Wanda scores, per block.
 
@@ -113,6 +127,7 @@ def owl_outlier_ratios(
         "OWL",
         progress,
         residency,
+        compute_dtype,
     )
     return ratios
 
@@ -169,6 +184,9 @@ def prune(
         windows = calibration
         if windows is None:
             windows = configured_sample(tokenizer, config, context)
+    compute_dtype = calibration_compute_dtype(
+        config.calibration_dtype, config.device, getattr(model, "dtype", torch.float32)
+    )
     ratios, block_sparsity = [], []
     if config.allocation == "owl":
         ratios = owl_ratios or owl_outlier_ratios(
@@ -179,6 +197,7 @@ def prune(
             chosen,
             progress,
             residency.read_only() if residency is not None else None,
+            compute_dtype,
         )
         if len(ratios) != layout.num_blocks:
             raise LLMPruneError(f"{len(ratios)} OWL ratios for {layout.num_blocks} blocks")
@@ -213,6 +232,7 @@ def prune(
         config.label,
         progress,
         residency,
+        compute_dtype,
     )
     return PruneResult(
         masks=masks,
@@ -221,4 +241,5 @@ def prune(
         block_sparsity=block_sparsity,
         owl_ratios=ratios,
         seconds=time.perf_counter() - start,
+        compute_dtype=str(compute_dtype or getattr(model, "dtype", "")).replace("torch.", ""),
     )

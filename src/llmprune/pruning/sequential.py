@@ -34,10 +34,39 @@ class BlockInput:
 
     hidden: torch.Tensor
     calls: list[tuple[tuple, dict]] = field(default_factory=list)
+    compute_dtype: torch.dtype | None = None  # matmuls under autocast (bf16 calibration)
 
     def run(self, block: nn.Module, index: int, device: torch.device):
         args, kwargs = self.calls[index] if index < len(self.calls) else self.calls[0]
-        return block(self.hidden.to(device), *args, **kwargs)
+        dtype = self.compute_dtype
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return block(self.hidden.to(device), *args, **kwargs)
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here: a GPU that supports them, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def calibration_compute_dtype(
+    choice: str, device: torch.device | str, weights: torch.dtype
+) -> torch.dtype | None:
+    """The autocast dtype of calibration forward passes, or None to run them as stored.
+
+    `auto` is bf16 where the hardware has it and the weights are float32; statistics
+    (Hessians, norms) and the pruning maths stay in float32 either way.
+    """
+    if weights != torch.float32 or choice == "float32":
+        return None
+    if choice == "bfloat16" or has_fast_bf16(torch.device(device)):
+        return torch.bfloat16
+    return None
 
 
 class _Captured(Exception):
@@ -219,10 +248,12 @@ def walk_blocks(
     desc: str = "blocks",
     progress: bool = True,
     residency: Residency | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[BlockInput]:
     """Call `visit(index, block, inputs)` for each block, then advance the inputs through it.
 
     Without `windows` (magnitude pruning) blocks are visited with no calibration at all.
+    With `compute_dtype`, the blocks' forward passes run under autocast to it.
     Returns the batches holding the last block's outputs.
     """
     device = torch.device(device)
@@ -236,6 +267,8 @@ def walk_blocks(
                     block.to(offload)
             move_outside_blocks(model, layout, device)
         inputs = capture_block_inputs(model, layout, windows, batch_size, device, offload)
+        for item in inputs:
+            item.compute_dtype = compute_dtype
     for index in tqdm(range(layout.num_blocks), desc=desc, disable=not progress):
         block = residency.enter(index)
         visit(index, block, inputs)
