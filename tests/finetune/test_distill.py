@@ -9,7 +9,8 @@ import torch
 
 from llmprune.errors import LLMPruneError
 from llmprune.finetune import finetune, make_finetune_config
-from llmprune.finetune.distill import distillation_loss
+from llmprune.finetune.distill import distillation_loss, topk_distillation_loss
+from llmprune.finetune.teacher import TopKCache
 from tests.conftest import VOCAB, build_tiny
 
 WINDOWS = torch.randint(0, VOCAB, (16, 32), generator=torch.Generator().manual_seed(4))
@@ -76,3 +77,69 @@ def test_hidden_state_distillation_is_zero_for_a_twin_and_positive_otherwise():
         other.model.norm.weight.mul_(2.0)
     _, summary = finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=other)
     assert summary["train_loss"] > alone["train_loss"] + 1e-3
+
+
+def test_topk_loss_is_the_full_kl_when_k_covers_the_vocabulary_and_zero_for_a_twin():
+    student = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(1))
+    teacher = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(2))
+    full = distillation_loss(student, teacher, 2.0)
+    logprobs, indices = torch.log_softmax(teacher / 2.0, -1).topk(11, dim=-1)
+    assert topk_distillation_loss(student, logprobs, indices, 2.0).item() == pytest.approx(
+        full.item(), rel=1e-4
+    )
+    # top 3 of 11: a lower bound of the full KL (the rest merged into one bucket) ...
+    logprobs, indices = torch.log_softmax(teacher / 2.0, -1).topk(3, dim=-1)
+    partial = topk_distillation_loss(student, logprobs, indices, 2.0).item()
+    assert 0 < partial < full.item()
+    # ... and zero when the student is the teacher
+    twin = topk_distillation_loss(teacher, logprobs, indices, 2.0).item()
+    assert twin == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_cached_teacher_gives_the_same_training_as_a_live_one_at_full_k(tmp_path):
+    teacher = build_tiny("llama")
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(2.0)  # another function than the student's
+    cache = TopKCache.build(teacher, WINDOWS, k=VOCAB, temperature=2.0, path=tmp_path / "t")
+    logprobs, indices = cache.rows(torch.tensor([3, 0]))
+    assert logprobs.shape == (2, 32, VOCAB) and indices.dtype == torch.int32
+    expected = torch.log_softmax(teacher(input_ids=WINDOWS[[3, 0]]).logits / 2.0, -1)
+    assert torch.allclose(logprobs, expected.topk(VOCAB, dim=-1).values, atol=1e-5)
+
+    live = make_finetune_config(steps=2, batch_size=2, seqlen=32, distill=0.5, warmup_steps=0)
+    cached = make_finetune_config(**{**live.model_dump(), "distill_topk": VOCAB})
+    _, with_teacher = finetune(build_tiny("llama"), None, live, windows=WINDOWS, teacher=teacher)
+    loads = []
+
+    def load_teacher():
+        loads.append(1)
+        return copy.deepcopy(teacher)
+
+    model, from_cache = finetune(
+        build_tiny("llama"), None, cached, windows=WINDOWS, teacher=load_teacher
+    )
+    assert loads == [1]  # loaded once, for the cache, and not held through training
+    assert from_cache["train_loss"] == pytest.approx(with_teacher["train_loss"], rel=1e-4)
+    small = make_finetune_config(**{**live.model_dump(), "distill_topk": 8})
+    _, top8 = finetune(build_tiny("llama"), None, small, windows=WINDOWS, teacher=teacher)
+    assert 0 < top8["train_loss"] < with_teacher["train_loss"]
+
+
+def test_an_offloaded_teacher_gives_the_same_loss():
+    teacher = build_tiny("llama")
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(2.0)
+    config = make_finetune_config(steps=2, batch_size=2, seqlen=32, distill=0.5, warmup_steps=0)
+    _, plain = finetune(build_tiny("llama"), None, config, windows=WINDOWS, teacher=teacher)
+    offload = make_finetune_config(**{**config.model_dump(), "teacher_offload": True})
+    _, moved = finetune(
+        build_tiny("llama"), None, offload, windows=WINDOWS, teacher=copy.deepcopy(teacher)
+    )
+    assert moved["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-6)
+
+
+def test_bad_distillation_options_are_refused():
+    with pytest.raises(LLMPruneError, match="give distill > 0"):
+        make_finetune_config(distill_topk=8)
+    with pytest.raises(LLMPruneError, match="no distill_topk"):
+        make_finetune_config(distill=0.5, distill_hidden=1.0, distill_topk=8)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.trainable import check_parts
@@ -53,6 +53,29 @@ class FinetuneConfig(BaseModel):
     teacher: str | None = Field(
         default=None, description="Teacher model; default: the run's input (dense) model."
     )
+    distill_topk: int = Field(
+        default=0,
+        ge=0,
+        description="Cache the teacher's top-k log-probabilities on disk before training "
+        "and free the teacher (0: run the teacher beside the student).",
+    )
+    teacher_offload: bool = Field(
+        default=False,
+        description="Keep the teacher's weights in CPU memory; each layer visits the "
+        "training device as it runs.",
+    )
+
+    @model_validator(mode="after")
+    def distillation_fits(self) -> FinetuneConfig:
+        if self.distill_topk and self.distill <= 0:
+            raise ValueError("distill_topk caches logits for the KL: give distill > 0 too")
+        if self.distill_topk and self.distill_hidden > 0:
+            raise ValueError("distill_hidden needs the teacher's hidden states: no distill_topk")
+        return self
+
+    @property
+    def distills(self) -> bool:
+        return self.distill > 0 or self.distill_hidden > 0
 
     @field_validator("trainable")
     @classmethod

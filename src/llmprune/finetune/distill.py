@@ -17,6 +17,7 @@ from transformers import Trainer
 
 from llmprune.errors import LLMPruneError
 from llmprune.finetune.sharding import enable_on_cpu
+from llmprune.finetune.teacher import TopKCache
 
 
 def distillation_loss(
@@ -27,6 +28,32 @@ def distillation_loss(
     student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
     kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """T²·KL over the teacher's top-k tokens plus one bucket for the rest of the vocabulary.
+
+    `teacher_logprobs` are log p_T of the k tokens at `teacher_indices` ([..., k], from the
+    full softmax, so their sum is below 1); the rest bucket holds 1 − Σ p for the teacher
+    and 1 − Σ q for the student. Exact when k covers the vocabulary, zero when the student
+    is the teacher, and the student's mass outside the top k is still pushed down.
+    """
+    vocab = student_logits.shape[-1]
+    k = teacher_indices.shape[-1]
+    student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    student = student.gather(1, teacher_indices.reshape(-1, k).long())
+    teacher = teacher_logprobs.float().reshape(-1, k)
+    rest_teacher = torch.log1p(-teacher.exp().sum(-1).clamp(max=1 - 1e-7))
+    rest_student = torch.log1p(-student.exp().sum(-1).clamp(max=1 - 1e-7))
+    teacher = torch.cat([teacher, rest_teacher[:, None]], dim=1)
+    student = torch.cat([student, rest_student[:, None]], dim=1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1).mean()
     return kl * temperature**2
 
 
@@ -58,6 +85,7 @@ class ObjectiveTrainer(Trainer):
         hidden_weight: float = 0.0,
         penalty: Callable[[], torch.Tensor] | None = None,
         after_backward: Callable[[], None] | None = None,
+        teacher_cache: TopKCache | None = None,
         group_lrs: dict[str, float] | None = None,
         **kwargs,
     ):
@@ -66,9 +94,12 @@ class ObjectiveTrainer(Trainer):
         self.teacher = None
         self.hidden_weight = hidden_weight
         if teacher is not None and (weight > 0 or hidden_weight > 0):
-            self.teacher = teacher.eval().to(self.args.device)
+            self.teacher = teacher.eval()
+            if not hasattr(teacher, "_hf_hook"):  # an offloaded teacher places itself
+                self.teacher = self.teacher.to(self.args.device)
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
+        self.teacher_cache = teacher_cache
         self.weight, self.temperature, self.penalty = weight, temperature, penalty
         self.after_backward = after_backward
 
@@ -103,9 +134,17 @@ class ObjectiveTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        window_ids = inputs.pop("window", None)
         hidden = self.teacher is not None and self.hidden_weight > 0
         outputs = model(**inputs, output_hidden_states=hidden)
         loss = outputs.loss
+        if self.teacher_cache is not None and self.weight > 0:
+            logprobs, indices = self.teacher_cache.rows(window_ids.cpu())
+            device = outputs.logits.device
+            kl = topk_distillation_loss(
+                outputs.logits, logprobs.to(device), indices.to(device), self.temperature
+            )
+            loss = (1.0 - self.weight) * loss + self.weight * kl
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(

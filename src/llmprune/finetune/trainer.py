@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from llmprune.finetune.sharding import (
     processes,
     shard_like,
 )
+from llmprune.finetune.teacher import TeacherSource, TopKCache, offloaded, resolve
 from llmprune.finetune.trainable import count_trainable, trainable_names
 from llmprune.models.layout import find_layout, storage_mask
 from llmprune.pruning.allocation import matches
@@ -111,17 +113,22 @@ class MaskKeeper(TrainerCallback):
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Fixed-length token windows as causal-LM examples (labels = inputs)."""
+    """Fixed-length token windows as causal-LM examples (labels = inputs); `numbered` adds
+    each window's index (to find its cached teacher log-probabilities)."""
 
-    def __init__(self, windows: torch.Tensor):
+    def __init__(self, windows: torch.Tensor, numbered: bool = False):
         self.windows = windows
+        self.numbered = numbered
 
     def __len__(self) -> int:
         return self.windows.shape[0]
 
     def __getitem__(self, index: int) -> dict:
         ids = self.windows[index]
-        return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+        item = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+        if self.numbered:
+            item["window"] = torch.tensor(index)
+        return item
 
 
 def training_windows(tokenizer, config: FinetuneConfig) -> torch.Tensor:
@@ -186,12 +193,14 @@ def finetune(
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
     keeper: Callable[[ModelMasks, nn.Module], MaskKeeper] = MaskKeeper,
-    teacher: nn.Module | None = None,
+    teacher: TeacherSource = None,
 ) -> tuple[nn.Module, dict]:
     """Train `model` as `config` says; return the (merged) model and a summary.
 
     `keeper` makes the callback that keeps the masks (a gradual pruner also grows them).
-    With `config.distill` > 0 the loss mixes in the KL to `teacher`'s logits.
+    With `config.distill` > 0 the loss mixes in the KL to `teacher`'s logits (`teacher`:
+    the model, or what loads it); with `distill_topk` the teacher runs once, its top-k
+    log-probabilities are cached on disk and it is freed before training.
 
     Every pruned weight is exactly 0 at every step and at the end (checked), whichever
     parts train. With LoRA, the returned model has the adapters merged through the masks
@@ -232,20 +241,37 @@ def finetune(
     callbacks = [keeper(masks, train_model)] if len(masks) or custom else []
     penalty = getattr(callbacks[0], "penalty", None) if callbacks else None
     start = time.perf_counter()
-    if config.distill > 0 or config.distill_hidden > 0:
+    teacher = resolve(teacher) if config.distills else None
+    if config.distills:
         if teacher is None:
             raise LLMPruneError("distillation needs a teacher model")
         check_teacher(teacher, model)
+        if config.teacher_offload:
+            teacher = offloaded(teacher, config.device)
+    cache = None
     with tempfile.TemporaryDirectory() as scratch:
+        if config.distill_topk:
+            if not config.teacher_offload:
+                teacher = teacher.to(config.device)
+            cache = TopKCache.build(
+                teacher,
+                windows,
+                config.distill_topk,
+                config.distill_temperature,
+                Path(scratch) / "teacher-topk.safetensors",
+                device=config.device,
+            )
+            teacher = None  # freed: training reads the cache
         trainer = ObjectiveTrainer(
             model=train_model,
             args=training_arguments(config, scratch, train_model),
-            train_dataset=WindowDataset(windows),
+            train_dataset=WindowDataset(windows, numbered=cache is not None),
             callbacks=callbacks,
             teacher=teacher,
             weight=config.distill,
             temperature=config.distill_temperature,
             hidden_weight=config.distill_hidden,
+            teacher_cache=cache,
             penalty=penalty,
             after_backward=callbacks[0].mask_gradients if callbacks else None,
             group_lrs={ADDED_PREFIX: config.gate_lr} if hasattr(config, "gate_lr") else {},

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llmprune.finetune.teacher import TeacherSource
 from llmprune.finetune.trainer import MaskKeeper, finetune
 from llmprune.gradual import scores as S
 from llmprune.gradual.config import GradualConfig
@@ -176,7 +177,7 @@ def gradual_prune(
     config: GradualConfig,
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
-    teacher: nn.Module | None = None,
+    teacher: TeacherSource = None,
 ) -> tuple[nn.Module, ModelMasks, dict]:
     """Fine-tune `model` while pruning it on `config`'s schedule; returns the model, its
     masks (earlier masks kept and grown) and the training summary with the schedule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmprune.finetune import FinetuneConfig, finetune
+from llmprune.finetune.teacher import TeacherSource
 from llmprune.stages.context import StageContext
 from llmprune.stages.state import ModelState
 
@@ -22,10 +23,11 @@ def execute(config: FinetuneConfig, state: ModelState, ctx: StageContext) -> dic
     return {"finetune": summary}
 
 
-def teacher_for(config: FinetuneConfig, state: ModelState):
-    """The model to distil from: the config's, else the run's input (the dense model)."""
-    if config.distill <= 0 and config.distill_hidden <= 0:
+def teacher_for(config: FinetuneConfig, state: ModelState) -> TeacherSource:
+    """What loads the model to distil from: the config's, else the run's input (the dense
+    model). Loaded only when training starts, so that a cached teacher can be freed."""
+    if not config.distills:
         return None
     from llmprune.models import load_model
 
-    return load_model(config.teacher or state.source, dtype=state.dtype).model
+    return lambda: load_model(config.teacher or state.source, dtype=state.dtype).model

@@ -24,6 +24,7 @@ from torch import nn
 
 from llmprune.errors import validated
 from llmprune.finetune.config import FinetuneConfig
+from llmprune.finetune.teacher import TeacherSource
 from llmprune.finetune.trainer import ADDED_PREFIX, MaskKeeper, finetune
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.units import find_attention, find_ffn
@@ -233,7 +234,7 @@ def learn_structure(
     config: LearnedConfig,
     masks: ModelMasks | None = None,
     windows: torch.Tensor | None = None,
-    teacher: nn.Module | None = None,
+    teacher: TeacherSource = None,
 ) -> tuple[nn.Module, ModelMasks, dict]:
     """Train gates with the model, then cut it to the structure they learned; returns the
     smaller model, its masks (earlier masks sliced along) and the training summary."""
