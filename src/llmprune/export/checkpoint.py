@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_directory, write_json
+from llmprune.models.layer_shapes import write_modeling_file
 from llmprune.pruning.masks import MASKS_FILE, ModelMasks
 
 RECORD_FILE = "llmprune.json"  # how a checkpoint was made: the run's step records
@@ -43,6 +44,7 @@ def write_checkpoint(
     from llmprune.finetune.lora import save_with_adapter
 
     save_with_adapter(loaded.model, Path(directory))
+    write_modeling_file(directory, loaded.model.config)  # per-layer widths only
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(directory)
     if masks is not None and len(masks):

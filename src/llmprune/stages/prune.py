@@ -73,6 +73,7 @@ def prune_streamed(
     """Prune block by block from `source_dir` into a new checkpoint directory."""
     from transformers import AutoTokenizer
 
+    from llmprune.models.layer_shapes import write_modeling_file
     from llmprune.models.loading import max_context, parse_dtype
     from llmprune.models.streaming import ShardWriter, StreamedModel, StreamResidency
 
@@ -101,6 +102,7 @@ def prune_streamed(
     record = prune_record(result, started, config.device, streamed=True)
     record["block_footprint_mb"] = footprint.total / 2**20
     streamed.model.config.save_pretrained(out)
+    write_modeling_file(out, streamed.model.config)
     if streamed.model.generation_config is not None:
         streamed.model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)

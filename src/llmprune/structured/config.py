@@ -92,6 +92,11 @@ class StructuredConfig(BaseModel):
         description="GQA: remove whole key-value groups, or query heads from every group.",
     )
     multiple: int = Field(default=32, ge=1, description="Round kept FFN widths to this multiple.")
+    widths: Literal["uniform", "global"] = Field(
+        default="uniform",
+        description="uniform: every block keeps as many units | global: ranked model-wide "
+        "(FLAP's adaptive structure; saved with per-layer shapes).",
+    )
     calib: str = Field(default="pydoc", description="Calibration text source.")
     nsamples: int = Field(default=128, ge=1, description="Calibration windows.")
     seqlen: int = Field(default=512, ge=2, description="Tokens per window.")

@@ -23,6 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from llmprune.data import configured_sample
 from llmprune.errors import LLMPruneError
+from llmprune.models.layer_shapes import has_layer_shapes, record_layer_shapes
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.loading import max_context
 from llmprune.models.units import Attention, check_unwrapped, find_attention, find_ffn
@@ -89,9 +90,11 @@ def plan_widths(model: nn.Module, layout: ModelLayout, config: StructuredConfig)
     plan: dict = {}
     if removal.ffn:
         widths = {find_ffn(block, model_config.model_type).width for block in layout.blocks}
-        if len(widths) != 1:
-            raise LLMPruneError("structured: blocks differ in FFN width; cannot cut them evenly")
-        width = widths.pop()
+        if len(widths) != 1 and config.widths != "global":
+            raise LLMPruneError(
+                "structured: blocks differ in FFN width; cut them with --widths global"
+            )
+        width = min(widths)
         keep = S.kept_width(width, removal.ffn, config.multiple)
         if keep >= width:
             raise LLMPruneError(
@@ -208,6 +211,10 @@ def structured_prune(
     after = {"model": model_parameters(model), "blocks": block_parameters(layout)}
     manifest["parameters"] = {"before": before, "after": after}
     manifest["achieved"] = achieved(plan, config)
+    if config.widths == "global":
+        manifest["achieved"].update(achieved_per_layer(manifest.get("layers", []), plan))
+    if config.widths == "global" or has_layer_shapes(model.config):
+        record_layer_shapes(model, *per_layer_shapes(model, layout))
     return StructuredResult(manifest=manifest, masks=masks, seconds=time.perf_counter() - start)
 
 
@@ -223,6 +230,47 @@ def achieved(plan: WidthPlan, config: StructuredConfig) -> dict:
         result["num_attention_heads"] = [plan.heads, query]
         result["num_key_value_heads"] = [plan.kv_heads, kv]
     return result
+
+
+def achieved_per_layer(layers: list[dict], plan: WidthPlan) -> dict:
+    """What global widths really removed, and every block's widths."""
+    result: dict = {}
+    ffn = [entry["ffn"] for entry in layers if "ffn" in entry]
+    if ffn:
+        kept = [len(e["kept"]) for e in ffn]
+        result["ffn"] = 1 - sum(kept) / sum(len(e["scores"]) for e in ffn)
+        result["intermediate_size"] = kept
+    heads = [entry["heads"] for entry in layers if "heads" in entry]
+    if heads:
+        kept = [len(e["kept"]) for e in heads]
+        result["heads"] = 1 - sum(kept) / (plan.heads * len(heads))
+        result["num_attention_heads"] = kept
+        result["num_key_value_heads"] = [len(e["kv_kept"]) for e in heads]
+    return result
+
+
+def per_layer_shapes(model: nn.Module, layout: ModelLayout) -> tuple[dict, dict]:
+    """The block linears (out, in) and attention attributes that differ from what the
+    config alone builds: what a checkpoint must record to be rebuilt."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        reference = AutoModelForCausalLM.from_config(model.config)
+    built = dict(reference.named_modules())
+    shapes, attributes = {}, {}
+    for name, module in model.named_modules():
+        if not name.startswith(layout.blocks_path + ".") or name not in built:
+            continue
+        if isinstance(module, (nn.Linear, Conv1D)):
+            shape = tuple(weight_matrix(module).shape)
+            if shape != tuple(weight_matrix(built[name]).shape):
+                shapes[name] = shape
+        for attribute in ("num_key_value_groups", "num_heads", "num_key_value_heads"):
+            value = getattr(module, attribute, None)
+            if isinstance(value, int) and value != getattr(built[name], attribute, None):
+                attributes.setdefault(name, {})[attribute] = value
+    return shapes, attributes
 
 
 def remove_blocks(model, layout, windows, config, masks, manifest, progress) -> ModelLayout:
@@ -265,12 +313,14 @@ def remove_blocks(model, layout, windows, config, masks, manifest, progress) -> 
 
 
 def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) -> None:
-    """Remove heads and FFN channels block by block."""
+    """Remove heads and FFN channels: block by block (uniform), or, for global widths,
+    after every block has been scored on the dense model."""
     device = torch.device(config.device)
     importance = None
     if config.score == "taylor":
         importance = taylor_importance(model, layout, windows, config)
     layers: list[dict] = []
+    scored: list[dict] = []  # global widths: every block's scores before any cut
 
     def visit(index: int, block: nn.Module, inputs) -> None:
         prefix = f"{layout.blocks_path}.{index}."
@@ -291,14 +341,22 @@ def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) 
                 inputs,
                 device,
             )
-        entry: dict = {"block": index}
+        item: dict = {"stats": stats}
         if ffn is not None:
-            entry["ffn"] = cut_ffn(ffn, plan, config, stats.get("ffn"), importance, prefix, masks)
+            item["ffn"] = ffn_scores(ffn, config, stats.get("ffn"), importance, prefix)
         if attention is not None:
-            entry["heads"] = cut_heads(
-                attention, plan, config, stats.get("heads"), importance, prefix, masks
+            item["heads"] = head_scores(
+                attention, plan, config, stats.get("heads"), importance, prefix
             )
-        layers.append(entry)
+        if config.widths == "global":
+            scored.append(item)
+            return
+        heads_keep = None
+        if attention is not None:
+            heads_keep = plan.keep_groups if item["heads"][1] is not None else plan.keep_per_group
+        layers.append(
+            cut_block(model, layout, index, plan, config, item, plan.ffn_keep, heads_keep, masks)
+        )
 
     walk_blocks(
         model,
@@ -307,18 +365,36 @@ def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) 
         visit,
         config.batch_size,
         config.device,
-        f"structured {config.label}",
+        f"{'scoring' if config.widths == 'global' else 'structured'} {config.label}",
         progress,
     )
-    heads = plan.kept_heads
-    set_config_widths(
-        model.config,
-        find_ffn(layout.blocks[0], model.config.model_type).names.config_key
-        if plan.ffn_keep is not None
-        else None,
-        plan.ffn_keep,
-        (heads[0], heads[1], plan.head_dim) if heads is not None else None,
-    )
+    if config.widths == "global":
+        ffn_keeps, heads_keeps = global_counts(scored, plan, config)
+        for index, item in enumerate(scored):
+            layers.append(
+                cut_block(
+                    model,
+                    layout,
+                    index,
+                    plan,
+                    config,
+                    item,
+                    ffn_keeps[index],
+                    heads_keeps[index],
+                    masks,
+                )
+            )
+        manifest["widths"] = "global"
+    else:
+        heads = plan.kept_heads
+        set_config_widths(
+            model.config,
+            find_ffn(layout.blocks[0], model.config.model_type).names.config_key
+            if plan.ffn_keep is not None
+            else None,
+            plan.ffn_keep,
+            (heads[0], heads[1], plan.head_dim) if heads is not None else None,
+        )
     manifest["layers"] = layers
     if config.score == "flap":  # FLAP's compensation needs a bias to fold into
         block = layout.blocks[0]
@@ -330,6 +406,44 @@ def cut_widths(model, layout, windows, config, plan, masks, manifest, progress) 
         manifest["bias_compensation"] = {
             unit: getattr(module, "bias", None) is not None for unit, module in outputs.items()
         }
+
+
+def global_counts(scored: list[dict], plan: WidthPlan, config: StructuredConfig):
+    """Per block: FFN channels and heads (key-value groups, or query heads per group) kept
+    when the removal is ranked model-wide."""
+    blocks, removal = len(scored), config.removal
+    ffn_keeps: list[int | None] = [None] * blocks
+    heads_keeps: list[int | None] = [None] * blocks
+    if plan.ffn_keep is not None:
+        multiple = config.multiple
+        ffn_keeps = S.global_keep_counts(
+            [i["ffn"] for i in scored], removal.ffn, multiple, multiple
+        )
+    if plan.heads is not None:
+        if scored[0]["heads"][1] is not None:  # whole key-value groups
+            heads_keeps = S.global_keep_counts([i["heads"][1] for i in scored], removal.heads)
+        else:  # query heads, as many in every group of a block
+            kv = plan.kv_heads
+            counts = S.global_keep_counts([i["heads"][0] for i in scored], removal.heads, kv, kv)
+            heads_keeps = [count // kv for count in counts]
+    return ffn_keeps, heads_keeps
+
+
+def cut_block(model, layout, index, plan, config, item, ffn_keep, heads_keep, masks) -> dict:
+    """Cut one block to `ffn_keep` channels and `heads_keep` head units by its scores."""
+    block = layout.blocks[index]
+    prefix = f"{layout.blocks_path}.{index}."
+    stats = item["stats"]
+    entry: dict = {"block": index}
+    if ffn_keep is not None:
+        ffn = find_ffn(block, model.config.model_type)
+        entry["ffn"] = cut_ffn(ffn, ffn_keep, config, stats.get("ffn"), item["ffn"], prefix, masks)
+    if heads_keep is not None:
+        attention = find_attention(block, model.config)
+        entry["heads"] = cut_heads(
+            attention, plan, heads_keep, config, stats.get("heads"), item["heads"], prefix, masks
+        )
+    return entry
 
 
 def channel_scores(score, weight, stats, importance, name) -> torch.Tensor:
@@ -350,7 +464,8 @@ def compensate(module: nn.Module, stats, kept: list[int], channels: int) -> None
     add_to_bias(module, S.bias_compensation(weight_matrix(module), stats.mean, removed))
 
 
-def cut_ffn(ffn, plan, config, stats, importance, prefix, masks) -> dict:
+def ffn_scores(ffn, config, stats, importance, prefix) -> torch.Tensor:
+    """One score per FFN channel."""
     names = ffn.names
     scores = channel_scores(
         config.score, weight_matrix(ffn.output), stats, importance, prefix + names.output
@@ -358,34 +473,49 @@ def cut_ffn(ffn, plan, config, stats, importance, prefix, masks) -> dict:
     if importance is not None:  # Taylor: the rows of the input projections count too
         for name in names.inputs:
             scores = scores + importance[prefix + name].rows
-    kept = S.top_units(scores, plan.ffn_keep)
+    return scores
+
+
+def cut_ffn(ffn, keep: int, config, stats, scores, prefix, masks) -> dict:
+    """Keep the `keep` best FFN channels."""
+    kept = S.top_units(scores, keep)
     if config.score == "flap":
-        compensate(ffn.output, stats, kept, plan.ffn_width)
+        compensate(ffn.output, stats, kept, ffn.width)
     keep_ffn(ffn, kept, prefix, masks)
     return {"kept": kept, "scores": [round(float(s), 6) for s in scores]}
 
 
-def cut_heads(attention, plan, config, stats, importance, prefix, masks) -> dict:
-    names, dim, group = attention.names, attention.head_dim, plan.group_size
+def head_scores(attention, plan, config, stats, importance, prefix):
+    """Scores of every query head, and of every key-value group (None in query mode)."""
+    names, dim = attention.names, attention.head_dim
     channel = channel_scores(
         config.score, weight_matrix(attention.o), stats, importance, prefix + names.o
     )
     if importance is not None:
         channel = channel + importance[prefix + names.q].rows
-    head_scores = S.grouped(channel, dim)
-    if plan.keep_groups is not None:
-        group_scores = S.grouped(head_scores, group)
-        if importance is not None:  # a key-value group also takes its k and v rows along
-            kv_rows = importance[prefix + names.k].rows + importance[prefix + names.v].rows
-            group_scores = group_scores + S.grouped(kv_rows, dim)
-        kv_heads = S.top_units(group_scores, plan.keep_groups)
+    heads = S.grouped(channel, dim)
+    if config.head_unit != "kv-group" and plan.group_size != 1:
+        return heads, None
+    groups = S.grouped(heads, plan.group_size)
+    if importance is not None:  # a key-value group also takes its k and v rows along
+        kv_rows = importance[prefix + names.k].rows + importance[prefix + names.v].rows
+        groups = groups + S.grouped(kv_rows, dim)
+    return heads, groups
+
+
+def cut_heads(attention, plan, keep: int, config, stats, scores, prefix, masks) -> dict:
+    """Keep `keep` key-value groups (kv-group mode) or `keep` query heads in every group."""
+    heads, groups = scores
+    dim, group = attention.head_dim, plan.group_size
+    if groups is not None:
+        kv_heads = S.top_units(groups, keep)
         query_heads = [g * group + j for g in kv_heads for j in range(group)]
     else:
         kv_heads = list(range(plan.kv_heads))
         query_heads = [
             g * group + j
             for g in kv_heads
-            for j in S.top_units(head_scores[g * group : (g + 1) * group], plan.keep_per_group)
+            for j in S.top_units(heads[g * group : (g + 1) * group], keep)
         ]
     if config.score == "flap":
         kept_channels = [h * dim + c for h in query_heads for c in range(dim)]
@@ -394,7 +524,7 @@ def cut_heads(attention, plan, config, stats, importance, prefix, masks) -> dict
     return {
         "kept": query_heads,
         "kv_kept": kv_heads,
-        "scores": [round(float(s), 6) for s in head_scores],
+        "scores": [round(float(s), 6) for s in heads],
     }
 
 

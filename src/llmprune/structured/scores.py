@@ -52,6 +52,39 @@ def kept_width(width: int, fraction: float, multiple: int) -> int:
     return min(width, rounded)
 
 
+def standardized(scores: torch.Tensor) -> torch.Tensor:
+    """(s − mean) / std within one layer, so that layers of different scale compare."""
+    scores = scores.double()
+    spread = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
+    centred = scores - scores.mean()
+    return centred / spread if float(spread) > 0 else torch.zeros_like(centred)
+
+
+def global_keep_counts(
+    layer_scores: list[torch.Tensor], fraction: float, multiple: int = 1, minimum: int = 1
+) -> list[int]:
+    """How many units each layer keeps when `fraction` of all units go model-wide.
+
+    Scores are standardised within each layer and the lowest across all layers go
+    (FLAP's adaptive structure, An et al. 2024); each count is then rounded to
+    `multiple` and kept at `minimum` or more, so the total may differ a little."""
+    values = torch.cat([standardized(s) for s in layer_scores])
+    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(layer_scores)])
+    place = torch.cat([torch.arange(len(s)) for s in layer_scores])
+    remove = int(math.floor(values.numel() * fraction + 0.5))
+    # ties (equal standardised scores) are shared out across layers, not taken from one
+    order = sorted(
+        range(values.numel()), key=lambda i: (float(values[i]), int(place[i]), int(owner[i]))
+    )
+    removed = torch.bincount(owner[order[:remove]], minlength=len(layer_scores))
+    counts = []
+    for scores, gone in zip(layer_scores, removed.tolist(), strict=True):
+        kept = len(scores) - gone
+        rounded = int(math.floor(kept / multiple + 0.5)) * multiple
+        counts.append(min(len(scores), max(minimum, rounded)))
+    return counts
+
+
 def bias_compensation(weight: torch.Tensor, mean: torch.Tensor, removed: list[int]) -> torch.Tensor:
     """What removed input channels added on average: W_:,removed · E[X_removed]."""
     if not removed:
