@@ -8,9 +8,12 @@ Three parts (all by default), written to bench/results/structured.json as they f
 - equal: about 30 % of the block parameters removed three ways (FFN only, FFN + heads,
   blocks), every score, perplexity before and after recovery — the fair comparison;
 - speed: prefill (512 tokens) and decode (greedy, KV cache) tokens/s of each shape vs
-  dense, in interleaved rounds.
+  dense, in interleaved rounds;
+- widths (only when asked): the same removals with uniform widths and with widths
+  ranked model-wide (--widths global), Wanda-sp and FLAP, no recovery.
 
     python bench/structured.py [--parts grid equal speed] [--recovery-steps 20]
+    python bench/structured.py --parts widths --out bench/results/structured_widths.json
     python bench/structured.py --parts grid --grid heads=0.333 heads=0.667 \
         --head-unit query --out bench/results/structured_query_heads.json
 """
@@ -41,6 +44,7 @@ GRID = ["ffn=0.2", "ffn=0.5", "heads=0.333", "heads=0.667"]
 GRID_BLOCKS = ["blocks=1", "blocks=2", "blocks=4", "blocks=8"]
 # each removes about 30 % of SmolLM2's block parameters (29.7 %, 30.2 %, 30.0 %)
 EQUAL = ["ffn=0.4", "ffn=0.3,heads=0.333", "blocks=9"]
+WIDTHS = ["ffn=0.3", "ffn=0.5", "ffn=0.3,heads=0.333"]
 SPEED = ["ffn=0.4", "ffn=0.3,heads=0.333", "blocks=9", "ffn=0.5", "heads=0.667", "blocks=4"]
 
 
@@ -54,10 +58,11 @@ def scores_for(spec: str) -> tuple[str, ...]:
     return BLOCK_SCORES if spec.startswith("blocks") else SCORES
 
 
-def cut(base, spec: str, score: str, windows, args):
+def cut(base, spec: str, score: str, windows, args, widths: str = "uniform"):
     loaded = copy.deepcopy(base)
     options = {"block_score": score} if spec.startswith("blocks") else {"score": score}
     options["head_unit"] = args.head_unit
+    options["widths"] = widths
     start = time.perf_counter()
     result = structured_prune(
         loaded.model, loaded.tokenizer, calibration=windows, remove=spec, progress=False, **options
@@ -111,6 +116,23 @@ def run_rows(base, specs, windows, args, data, key, shapes, recovery: bool) -> N
                 flush=True,
             )
             write_json(args.out, data)
+
+
+def widths_rows(base, windows, args, data) -> None:
+    """The same removal with every block cut alike and with widths ranked model-wide."""
+    for spec in WIDTHS:
+        for score in ("wanda-sp", "flap"):
+            for widths in ("uniform", "global"):
+                loaded, result, seconds = cut(base, spec, score, windows, args, widths)
+                entry = row(spec, score, result, seconds, ppl(loaded, args)) | {"widths": widths}
+                data["widths"].append(entry)
+                per_layer = result.manifest["achieved"].get("intermediate_size")
+                print(
+                    f"{spec:<22}{score:<10}{widths:<8} ppl {entry['perplexity']:.2f}"
+                    f"  FFN widths {per_layer}",
+                    flush=True,
+                )
+                write_json(args.out, data)
 
 
 def speed_rows(base, shapes, windows, args, data) -> None:
@@ -177,6 +199,7 @@ def main() -> None:
         "grid": [],
         "equal": [],
         "speed": [],
+        "widths": [],
     }
     print(f"dense ppl {data['dense']['perplexity']:.2f}", flush=True)
     shapes: dict = {}
@@ -186,6 +209,8 @@ def main() -> None:
         run_rows(base, EQUAL, windows, args, data, "equal", shapes, recovery=True)
     if "speed" in args.parts:
         speed_rows(base, shapes, windows, args, data)
+    if "widths" in args.parts:
+        widths_rows(base, windows, args, data)
     write_json(args.out, data)
     print(f"wrote {args.out}")
 
