@@ -76,7 +76,9 @@ def part(results: dict, name: str, run, deadline: float) -> None:
     print(name, json.dumps(results[name])[:400], flush=True)
 
 
-def prune_in_memory(model, windows, method: str, device: str) -> dict:
+def prune_in_memory(
+    model, windows, method: str, device: str, calibration_dtype: str = "auto"
+) -> dict:
     from llmprune.models.layout import find_layout, weight_matrix
     from llmprune.pruning import prune
 
@@ -92,6 +94,7 @@ def prune_in_memory(model, windows, method: str, device: str) -> dict:
         device=device,
         progress=False,
         batch_size=1,
+        calibration_dtype=calibration_dtype,
     )
     synchronize(device)
     seconds = time.perf_counter() - start
@@ -102,6 +105,7 @@ def prune_in_memory(model, windows, method: str, device: str) -> dict:
         "seconds_per_block": round(seconds / layout.num_blocks, 3),
         "finite": bool(finite),
         "masks_hold": not result.masks.violations(model),
+        "calibration_compute_dtype": result.compute_dtype,
     }
     if device.startswith("cuda"):
         out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -231,6 +235,15 @@ def main() -> None:
             results,
             f"{method} in memory",
             lambda m=method: prune_in_memory(llama(args.size), windows, m, args.device),
+            deadline,
+        )
+    for precision in ("float32", "bfloat16"):  # fp32 weights: is bf16 calibration faster?
+        part(
+            results,
+            f"wanda fp32 weights, {precision} calibration",
+            lambda p=precision: prune_in_memory(
+                llama(args.size).float(), windows, "wanda", args.device, p
+            ),
             deadline,
         )
     part(
