@@ -103,6 +103,22 @@ def write_random_checkpoint(config, out: Path, tokenizer_dir: Path, shard_gib: f
     }
 
 
+def footprint_mb(config, method: str, nsamples: int, seqlen: int) -> float:
+    """The streamed prune's own estimate of one block's visit (pruning/footprint.py)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from llmprune.models.layout import find_layout
+    from llmprune.pruning import make_config
+    from llmprune.pruning.footprint import block_footprint
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+    options = dict(method=method, sparsity=0.5, nsamples=nsamples, seqlen=seqlen)
+    footprint = block_footprint(find_layout(skeleton), make_config(**options), torch.bfloat16)
+    return footprint.total / 2**20
+
+
 def current_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -143,7 +159,6 @@ def run_job(job: dict) -> dict:
         "prune_seconds": record["prune_seconds"],
         "sparsity": record["sparsity"],
         "streamed": record["streamed"],
-        "block_footprint_mb": record.get("block_footprint_mb"),
     }
 
 
@@ -318,6 +333,8 @@ def main() -> None:
                     "threads": args.threads,
                 }
                 row = {**spawn(job), **facts, "blocks": blocks}
+                config = llama_config(**shape, blocks=blocks, vocab=vocab)
+                row["estimate_mb"] = footprint_mb(config, method, args.nsamples, args.seqlen)
                 if "error" not in row:
                     baseline = row["runtime_mb"] + facts["outside_bytes"] / 2**20
                     row["baseline_mb"] = baseline

@@ -31,8 +31,10 @@ def readable(count: int) -> str:
 
 @dataclass
 class Footprint:
-    """Bytes one block's visit needs: an upper bound (layers that share an input, like
-    q/k/v, share one statistic in practice)."""
+    """Bytes one block's visit needs, on top of the runtime and the embeddings: an
+    estimate (layers that share an input, like q/k/v, share one statistic in practice;
+    allocator slack is not counted). `statistics` includes the pruning maths' working
+    memory."""
 
     weights: int
     statistics: int
@@ -54,13 +56,17 @@ def block_footprint(layout: ModelLayout, config: PruneConfig, dtype: torch.dtype
     itemsize = torch.empty((), dtype=dtype).element_size()
     sizes = [sum(p.numel() for p in block.parameters()) for block in layout.blocks]
     index = max(range(len(sizes)), key=sizes.__getitem__)
-    weights = sizes[index] * itemsize
-    if not METHODS[config.method].needs_calibration and config.allocation != "owl":
-        return Footprint(weights, 0, 0)
+    # the block, and its copy on the way to disk (a streamed prune writes it out)
+    weights = 2 * sizes[index] * itemsize
     shapes = [weight_matrix(m).shape for m in layout.block_linears(index).values()]
+    # one layer's rule at a time: a float32 copy, its scores, and a sort's values and
+    # int64 indices: about 20 bytes a weight of the largest layer
+    rule = 20 * max(rows * cols for rows, cols in shapes)
+    if not METHODS[config.method].needs_calibration and config.allocation != "owl":
+        return Footprint(weights, rule, 0)
     statistic = METHODS[config.method].statistic or InputNorms  # OWL's pre-pass: norms
     statistics = sum(statistic.bytes_for(cols) for _, cols in shapes)
-    statistics += max(statistic.working_bytes(cols) for _, cols in shapes)
+    statistics += max(statistic.working_bytes(cols) for _, cols in shapes) + rule
     # the block's input width: the one most of its linears read (q/k/v/o, gate/up, fc1)
     hidden = Counter(cols for _, cols in shapes).most_common(1)[0][0]
     widest = max(max(rows, cols) for rows, cols in shapes)
