@@ -135,3 +135,64 @@ def test_a_per_layer_model_streams_exports_and_prunes_again(tmp_path, tiny_token
     # a uniform cut of blocks that now differ in width is refused, a global one is not
     with pytest.raises(LLMPruneError, match="--widths global"):
         structured_prune(again, None, calibration=CALIBRATION, remove="ffn=0.25", multiple=8)
+
+
+def test_a_global_prune_without_width_changes_saves_a_plain_loadable_model(
+    tmp_path, tiny_tokenizer
+):
+    model = build_tiny("llama", num_hidden_layers=4)
+    result = structured_prune(
+        model, None, calibration=CALIBRATION, remove="blocks=1", widths="global"
+    )
+    assert not hasattr(model.config, SHAPES_KEY)
+    loaded = type("Loaded", (), {"model": model, "tokenizer": tiny_tokenizer})
+    out = save_pruned(loaded, tmp_path / "blocks", manifest=result.manifest)
+    config = json.loads((out / "config.json").read_text())
+    assert "auto_map" not in config and not (out / MODELING_FILE).exists()
+    assert torch.allclose(logits(AutoModelForCausalLM.from_pretrained(out)), logits(model))
+
+
+def test_shape_records_from_a_stranger_are_checked_and_never_become_code(tmp_path, tiny_tokenizer):
+    model = uneven_llama()
+    structured_prune(
+        model, None, calibration=CALIBRATION, remove="ffn=0.5", widths="global", multiple=8
+    )
+    model.config.architectures = ["X as Base\nimport os\nfrom transformers import Y"]
+    model.config.auto_map = {"AutoModelForCausalLM": "someone/else--code.Model"}
+    loaded = type("Loaded", (), {"model": model, "tokenizer": tiny_tokenizer})
+    out = save_pruned(loaded, tmp_path / "saved")
+    source = (out / MODELING_FILE).read_text()
+    assert "import os" not in source
+    assert "from transformers import LlamaForCausalLM as Base" in source
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["auto_map"] == {"AutoModelForCausalLM": "modeling_llmprune.PrunedForCausalLM"}
+    assert torch.allclose(logits(load_model(out).model), logits(model), atol=1e-6)
+    for bad in (
+        {"model.layers.0.mlp.down_proj": [64, -1]},
+        {"model.layers.0.mlp.__class__": [64, 8]},
+        {"model.layers.0.mlp.down_proj; import os": [64, 8]},
+    ):
+        config[SHAPES_KEY] = bad
+        (out / "config.json").write_text(json.dumps(config))
+        with pytest.raises(LLMPruneError, match="llmprune_layer_shapes"):
+            load_model(out)
+    config[SHAPES_KEY] = {"model.layers.0.mlp.down_proj": [64, 8]}
+    config["llmprune_layer_attributes"] = {"model.layers.0.self_attn": {"forward": 1}}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LLMPruneError, match="bad attribute 'forward'"):
+        load_model(out)
+
+
+def test_a_per_layer_model_refuses_learned_gates_and_a_second_heads_cut():
+    from llmprune.structured.learned import learn_structure, make_learned_config
+
+    model = build_tiny("qwen2", num_attention_heads=8, num_key_value_heads=4)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[:, 16:] *= 0.01
+    structured_prune(model, None, calibration=CALIBRATION, remove="heads=0.5", widths="global")
+    with pytest.raises(LLMPruneError, match="differ in head counts"):
+        structured_prune(model, None, calibration=CALIBRATION, remove="heads=0.25")
+    config = make_learned_config(sparsity=0.3, steps=1, seqlen=32, batch_size=2)
+    with pytest.raises(LLMPruneError, match="learned gates need blocks of one shape"):
+        learn_structure(model, None, config, windows=CALIBRATION)

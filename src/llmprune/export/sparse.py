@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_directory, write_json
-from llmprune.models.layer_shapes import apply_layer_shapes
+from llmprune.models.layer_shapes import resize_checked
 from llmprune.models.layout import find_layout, set_weight_matrix, weight_matrix
 from llmprune.pruning.amounts import NM
 
@@ -245,7 +245,7 @@ def load_sparse(directory: str | Path, dtype: torch.dtype = torch.float32):
         matrices[name] = decode(parts, name)
     dense = read_tensors(directory / DENSE_FILE)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    apply_layer_shapes(model, config)
+    resize_checked(model, config, str(directory))
     missing, unexpected = model.load_state_dict(dense, strict=False)
     linears = find_layout(model).linears()
     for name, matrix in matrices.items():

@@ -13,12 +13,12 @@ in CI with two CPU processes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import find_layout
@@ -63,42 +63,73 @@ def enable_on_cpu(trainer) -> bool:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state
-    if not trainer.args.fsdp_plugin_args or state.distributed_type != DistributedType.MULTI_CPU:
+    plugin_args = getattr(trainer.args, "fsdp_plugin_args", None)
+    if not plugin_args or state.distributed_type != DistributedType.MULTI_CPU:
         return False
-    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
     state.distributed_type = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
     logger.info("FSDP on CPU processes (gloo)")
     return True
 
 
+def process_device(device: str | torch.device) -> torch.device:
+    """This process's device: under torchrun / accelerate, plain "cuda" is the local
+    rank's GPU, not GPU 0 for every rank."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 def is_sharded(tensor: torch.Tensor | None) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support shards nothing
+        return False
     return isinstance(tensor, DTensor)
 
 
 def shard_like(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """`tensor` laid out like `param`: the same shards on the same ranks when `param` is
-    sharded (each rank cuts its slice from its own full copy: no communication)."""
+    """`tensor` laid out like `param`: when `param` is sharded, this rank's slice of it,
+    cut from its own full copy (no communication where torch allows) and copied, so the
+    full tensor is not kept alive behind the shard."""
     if not is_sharded(param):
         return tensor.to(param.device)
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     local = tensor.to(param.to_local().device)
-    return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+    options = {}
+    if "src_data_rank" in inspect.signature(distribute_tensor).parameters:
+        options["src_data_rank"] = None  # every rank holds the same full mask
+    spread = distribute_tensor(local, param.device_mesh, param.placements, **options)
+    return DTensor.from_local(
+        spread.to_local().clone(),
+        param.device_mesh,
+        param.placements,
+        run_check=False,
+        shape=param.shape,
+        stride=param.stride(),
+    )
 
 
 def gathered(model: nn.Module) -> nn.Module:
     """An ordinary (unsharded) copy of a model FSDP has sharded, on every rank; the
-    model itself when nothing is sharded.
+    model itself when nothing is sharded. Call it once the trainer (and its optimizer
+    state) is gone: each full tensor passes through the device one at a time.
 
     The sharded modules' classes and hooks belong to FSDP, so the model is rebuilt from
     its config on the meta device and given the full tensors; buffers that are not in
     the state dict (rotary tables) are carried over.
     """
-    if not any(is_sharded(p) for p in model.parameters()):
+    sharded = [p for p in model.parameters() if is_sharded(p)]
+    if not sharded:
         return model
     from torch.distributed.fsdp import FSDPModule
 
+    device = sharded[0].to_local().device
     state = {
-        name: (value.full_tensor() if is_sharded(value) else value).detach()
+        name: (value.full_tensor() if is_sharded(value) else value).detach().cpu()
         for name, value in model.state_dict().items()
     }
     original = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
@@ -109,8 +140,8 @@ def gathered(model: nn.Module) -> nn.Module:
         owner, _, leaf = name.rpartition(".")
         module = plain.get_submodule(owner)
         if module._buffers.get(leaf) is not None and module._buffers[leaf].is_meta:
-            module._buffers[leaf] = buffer.detach().clone()
+            module._buffers[leaf] = buffer.detach().clone().cpu()
     if getattr(model.config, "tie_word_embeddings", False):
         plain.tie_weights()
     plain.generation_config = model.generation_config
-    return plain.eval()
+    return plain.to(device).eval()

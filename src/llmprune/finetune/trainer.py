@@ -8,6 +8,7 @@ optimizer step, so pruned weights are exactly zero at every step, on every rank.
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from llmprune.finetune.sharding import (
     fsdp_arguments,
     gathered,
     is_sharded,
+    process_device,
     processes,
     shard_like,
 )
@@ -66,10 +68,13 @@ class MaskKeeper(TrainerCallback):
         self.keeps: dict[str, torch.Tensor] = {}  # storage-order masks (sharded like weights)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.unpacked = self.masks.on_devices(self.model)
         self.layers = find_layout(self.model).linears()
-        for name, mask in self.unpacked.items():
+        self.unpacked = {}
+        for name, mask in self.masks.items():
             weight = self.layers[name].weight
+            if not is_sharded(weight):  # sharded: only this rank's slice goes to the device
+                mask = mask.to(weight.device)
+            self.unpacked[name] = mask
             keep = shard_like(storage_mask(self.layers[name], mask), weight)
             self.keeps[name] = keep
             if weight.requires_grad and not is_sharded(weight):
@@ -200,7 +205,9 @@ def finetune(
     `keeper` makes the callback that keeps the masks (a gradual pruner also grows them).
     With `config.distill` > 0 the loss mixes in the KL to `teacher`'s logits (`teacher`:
     the model, or what loads it); with `distill_topk` the teacher runs once, its top-k
-    log-probabilities are cached on disk and it is freed before training.
+    log-probabilities are cached on disk and it is freed before training — when it was
+    given as a loader; a module the caller passed stays the caller's (and, offloaded, is
+    converted in place).
 
     Every pruned weight is exactly 0 at every step and at the end (checked), whichever
     parts train. With LoRA, the returned model has the adapters merged through the masks
@@ -246,20 +253,21 @@ def finetune(
         if teacher is None:
             raise LLMPruneError("distillation needs a teacher model")
         check_teacher(teacher, model)
+        device = process_device(config.device)
         if config.teacher_offload:
-            teacher = offloaded(teacher, config.device)
+            teacher = offloaded(teacher, device)
     cache = None
     with tempfile.TemporaryDirectory() as scratch:
         if config.distill_topk:
             if not config.teacher_offload:
-                teacher = teacher.to(config.device)
+                teacher = teacher.to(device)
             cache = TopKCache.build(
                 teacher,
                 windows,
                 config.distill_topk,
                 config.distill_temperature,
                 Path(scratch) / "teacher-topk.safetensors",
-                device=config.device,
+                device=device,
             )
             teacher = None  # freed: training reads the cache
         trainer = ObjectiveTrainer(
@@ -279,7 +287,14 @@ def finetune(
         trainer.remove_callback(PrinterCallback)  # the summary reports the loss instead
         output = trainer.train()
         world_size = trainer.args.world_size
+        del trainer  # its optimizer state goes before a sharded model is gathered
+    gc.collect()
     sharded = any(is_sharded(p) for p in train_model.parameters())
+    if config.sharding == "fsdp" and world_size > 1 and not sharded:
+        raise LLMPruneError(
+            "sharding: fsdp was asked for but the weights were not sharded (FSDP2 through "
+            "accelerate and transformers' fsdp_config); pruned gradients were not masked"
+        )
     model = gathered(train_model)
     if config.uses_lora and config.merge_lora:
         model = merge_lora(train_model, masks)

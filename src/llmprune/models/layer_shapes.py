@@ -14,10 +14,12 @@ the very function below, so both paths build the same model.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 from torch import nn
 
+from llmprune.errors import LLMPruneError
 from llmprune.io import write_text
 
 SHAPES_KEY = "llmprune_layer_shapes"
@@ -52,37 +54,106 @@ def has_layer_shapes(config) -> bool:
     return bool(getattr(config, SHAPES_KEY, None))
 
 
+LAYER_ATTRIBUTES = ("num_key_value_groups", "num_heads", "num_key_value_heads")
+
+
+def check_layer_shapes(config, source: str) -> None:
+    """Refuse per-layer shape records that are not what llmprune writes: module paths of
+    plain names and dots, (out, in) pairs of positive ints, and only the head-count
+    attributes with int values. A checkpoint's config is data from a stranger."""
+    shapes = getattr(config, SHAPES_KEY, None) or {}
+    attributes = getattr(config, ATTRIBUTES_KEY, None) or {}
+
+    def bad(what: str) -> LLMPruneError:
+        return LLMPruneError(f"{source}: {what} in {SHAPES_KEY} / {ATTRIBUTES_KEY} of its config")
+
+    def path_ok(name) -> bool:  # e.g. model.layers.3.mlp.down_proj: no dunders, no code
+        parts = name.split(".") if isinstance(name, str) else [""]
+        return all(p.isdigit() or (p.isidentifier() and not p.startswith("_")) for p in parts)
+
+    if not isinstance(shapes, dict) or not isinstance(attributes, dict):
+        raise bad("not a mapping")
+    for name, shape in shapes.items():
+        pair = isinstance(shape, (list, tuple)) and len(shape) == 2
+        if not path_ok(name) or not pair or not all(type(v) is int and v > 0 for v in shape):
+            raise bad(f"a bad entry {name!r}: {shape!r}")
+    for name, values in attributes.items():
+        if not path_ok(name) or not isinstance(values, dict):
+            raise bad(f"a bad entry {name!r}")
+        for attribute, value in values.items():
+            if attribute not in LAYER_ATTRIBUTES or type(value) is not int or value <= 0:
+                raise bad(f"a bad attribute {attribute!r} of {name}")
+
+
+def check_targets(model, config, source: str) -> None:
+    """Every resized module must be a linear layer of this model (Linear or Conv1D)."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name in getattr(config, SHAPES_KEY, None) or {}:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise LLMPruneError(f"{source}: the model has no layer {name}") from None
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise LLMPruneError(f"{source}: {name} is not a linear layer")
+
+
+def resize_checked(model, config, source: str) -> None:
+    """`apply_layer_shapes` on a model llmprune builds, with one-line errors."""
+    check_layer_shapes(config, source)
+    check_targets(model, config, source)
+    try:
+        apply_layer_shapes(model, config)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise LLMPruneError(f"{source}: per-layer shapes do not fit the model: {exc}") from None
+
+
 def pruned_class(base: type) -> type:
     """`base` (a family's ForCausalLM) building per-layer widths from its config."""
 
     class Pruned(base):
         def __init__(self, config, *args, **kwargs):
             super().__init__(config, *args, **kwargs)
-            apply_layer_shapes(self, config)
+            resize_checked(self, config, "the model")
 
     Pruned.__name__ = Pruned.__qualname__ = base.__name__
     return Pruned
 
 
 def record_layer_shapes(model: nn.Module, shapes: dict, attributes: dict) -> None:
-    """Write per-layer shapes into the model's config, with the auto_map that lets plain
-    transformers load it (trust_remote_code) through the shipped modeling file; with no
-    shapes, take both out again (the model is uniform)."""
+    """Write per-layer shapes into the model's config; with none, take them out again (the
+    model is uniform). The auto_map for plain transformers is set when it is saved."""
     config = model.config
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    auto_map.pop("AutoModelForCausalLM", None)
     if shapes or attributes:
-        auto_map["AutoModelForCausalLM"] = f"{MODELING_FILE[:-3]}.{MODELING_CLASS}"
-    setattr(config, SHAPES_KEY, {name: list(shape) for name, shape in shapes.items()})
-    setattr(config, ATTRIBUTES_KEY, attributes)
-    config.auto_map = auto_map or None
-    if not (shapes or attributes):
-        for key in (SHAPES_KEY, ATTRIBUTES_KEY):
+        setattr(config, SHAPES_KEY, {name: list(shape) for name, shape in shapes.items()})
+        setattr(config, ATTRIBUTES_KEY, attributes)
+        return
+    for key in (SHAPES_KEY, ATTRIBUTES_KEY):
+        if hasattr(config, key):
             delattr(config, key)
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    if auto_map.get("AutoModelForCausalLM") == f"{MODELING_FILE[:-3]}.{MODELING_CLASS}":
+        del auto_map["AutoModelForCausalLM"]
+        if auto_map:
+            config.auto_map = auto_map
+        elif hasattr(config, "auto_map"):
+            delattr(config, "auto_map")
+
+
+def family_class_name(config) -> str:
+    """The family's own ForCausalLM, by model type (never a name from the checkpoint)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if not isinstance(name, str) or not name.isidentifier():
+        raise LLMPruneError(f"no transformers class for model type {config.model_type!r}")
+    return name
 
 
 def modeling_source(base_name: str) -> str:
     """The modeling file for plain transformers: the family's class plus the resize."""
+    if not base_name.isidentifier():
+        raise LLMPruneError(f"not a class name: {base_name!r}")
     resize = inspect.getsource(apply_layer_shapes)
     return (
         '"""Written by llmprune: a pruned model whose blocks differ in width. The config\n'
@@ -98,12 +169,15 @@ def modeling_source(base_name: str) -> str:
 
 
 def write_modeling_file(directory: str | Path, config) -> None:
-    """Ship the modeling file beside a checkpoint whose config has per-layer shapes."""
+    """Ship the modeling file beside a checkpoint whose config has per-layer shapes, and
+    point the saved config's auto_map at it (and only at it) and its architecture at the
+    family's class: whatever another tool wrote there before is replaced."""
     if not has_layer_shapes(config):
         return
-    base = (getattr(config, "architectures", None) or [None])[0]
-    if base is None:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        base = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]
+    base = family_class_name(config)
     write_text(Path(directory) / MODELING_FILE, modeling_source(base))
+    path = Path(directory) / "config.json"
+    saved = json.loads(path.read_text())
+    saved["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{MODELING_CLASS}"}
+    saved["architectures"] = [base]
+    write_text(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")

@@ -273,12 +273,13 @@ def check_causal(config, source: str) -> None:
         )
 
 
-def model_class(config):
+def model_class(config, source: str = "the model"):
     """The class that builds `config`'s model: the family's own, resized per layer where
-    the config records per-layer widths. Never a checkpoint's own code."""
-    from llmprune.models.layer_shapes import has_layer_shapes, pruned_class
+    the config records per-layer widths (checked first). Never a checkpoint's own code."""
+    from llmprune.models.layer_shapes import check_layer_shapes, has_layer_shapes, pruned_class
 
     if has_layer_shapes(config):
+        check_layer_shapes(config, source)
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
         return pruned_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
@@ -312,7 +313,7 @@ def load_model(
     check_fits_in_memory(Path(location), torch_dtype, label)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = model_class(config).from_pretrained(location, dtype=torch_dtype)
+        model = model_class(config, label).from_pretrained(location, dtype=torch_dtype)
     except Exception as exc:  # safetensors, tokenizers and hub errors have many types
         raise LLMPruneError(f"cannot load model {label}: {first_line(exc)}") from None
     model.eval()

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmprune.errors import LLMPruneError
 from llmprune.io import write_text
-from llmprune.models.layer_shapes import apply_layer_shapes
+from llmprune.models.layer_shapes import resize_checked
 from llmprune.models.layout import ModelLayout, find_layout
 from llmprune.models.loading import check_causal, first_line
 
@@ -154,7 +154,7 @@ class StreamedModel:
         self.reader = CheckpointReader(self.directory)
         with init_empty_weights(include_buffers=False):
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-            apply_layer_shapes(self.model, config)
+            resize_checked(self.model, config, str(directory))
         self.model.eval()
         self.layout: ModelLayout = find_layout(self.model)
         prefix = getattr(self.model, "base_model_prefix", "")

@@ -93,7 +93,9 @@ def check_block_fits(footprint: Footprint, device: torch.device | str, label: st
     """
     if os.environ.get("LLMPRUNE_SKIP_MEMORY_CHECK") == "1":
         return
-    device = torch.device(device)
+    from llmprune.models.loading import parse_device
+
+    device = parse_device(device)  # a bad device is a one-line error here, not a traceback
     free = free_bytes(device)
     if free is None:
         return

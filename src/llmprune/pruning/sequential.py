@@ -46,8 +46,9 @@ class BlockInput:
 def has_fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively here: a GPU that supports them, or a CPU with
     AVX512-BF16 or AMX. Elsewhere bf16 is emulated and several times slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native from compute capability 8 (Ampere); older emulate it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).major >= 8
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

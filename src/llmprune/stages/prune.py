@@ -37,7 +37,7 @@ def execute(config: PruneConfig, state: ModelState, ctx: StageContext) -> dict:
     if config.needs_calibration:
         windows = ctx.inputs.calibration(loaded.tokenizer, config, loaded.context_length)
     owl_key = ("owl", config.calib, config.nsamples, config.seqlen, config.seed)
-    owl_key += (config.owl_threshold,)
+    owl_key += (config.owl_threshold, config.calibration_dtype, config.device)
     shared_owl = ctx.inputs.memo.get(owl_key) if state.pristine else None
     started = time.perf_counter()
     result = prune(

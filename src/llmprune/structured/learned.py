@@ -22,10 +22,11 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from llmprune.errors import validated
+from llmprune.errors import LLMPruneError, validated
 from llmprune.finetune.config import FinetuneConfig
 from llmprune.finetune.teacher import TeacherSource
 from llmprune.finetune.trainer import ADDED_PREFIX, MaskKeeper, finetune
+from llmprune.models.layer_shapes import has_layer_shapes
 from llmprune.models.layout import ModelLayout, find_layout, weight_matrix
 from llmprune.models.units import find_attention, find_ffn
 from llmprune.pruning.masks import ModelMasks
@@ -238,6 +239,11 @@ def learn_structure(
 ) -> tuple[nn.Module, ModelMasks, dict]:
     """Train gates with the model, then cut it to the structure they learned; returns the
     smaller model, its masks (earlier masks sliced along) and the training summary."""
+    if has_layer_shapes(model.config):
+        raise LLMPruneError(
+            "learned: the model's blocks differ in width (a --widths global prune); "
+            "learned gates need blocks of one shape"
+        )
     masks = masks.copy() if masks is not None else ModelMasks()
     gates = Gates(model, config.units, config.init_keep)
     model.add_module(GATES, gates)

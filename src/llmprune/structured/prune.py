@@ -103,10 +103,16 @@ def plan_widths(model: nn.Module, layout: ModelLayout, config: StructuredConfig)
             )
         plan.update(ffn_width=width, ffn_keep=keep)
     if removal.heads:
-        attention = find_attention(layout.blocks[0], model_config)
-        plan.update(plan_heads(attention, removal.heads, config))
+        attentions = [find_attention(block, model_config) for block in layout.blocks]
+        counts = {(a.num_heads, a.num_kv_heads) for a in attentions}
+        if len(counts) != 1:
+            raise LLMPruneError(
+                "structured: blocks differ in head counts (a --widths global prune); "
+                "their heads cannot be cut again"
+            )
+        plan.update(plan_heads(attentions[0], removal.heads, config))
     result = WidthPlan(**plan)
-    if result.kept_heads is not None:
+    if result.kept_heads is not None and config.widths == "uniform":  # global: config stays
         check_head_counts(model_config, *result.kept_heads, result.head_dim, removal.heads)
     return result
 
