@@ -7,6 +7,7 @@ and each model is a randomly initialised two-block decoder saved with save_pretr
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -157,8 +158,16 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> dict:
     return dirs
 
 
-def torchrun(*args: str, port: int) -> subprocess.CompletedProcess:
+def free_port() -> int:
+    """A TCP port nobody listens on now (two test runs at once must not collide)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
     """Run `args` (a script or `-m module ...`) in 2 CPU processes under torchrun."""
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
         sys.executable,

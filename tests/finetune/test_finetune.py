@@ -118,7 +118,7 @@ def test_bad_finetune_options():
 
 def test_two_process_ddp_keeps_masks_and_agrees(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
-    process = torchrun(str(worker), str(tmp_path), port=29517)
+    process = torchrun(str(worker), str(tmp_path))
     assert process.returncode == 0, process.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in reports)
@@ -132,7 +132,7 @@ def test_fsdp_with_two_processes_keeps_masks_and_matches_one_process(tmp_path):
     and (LLaMA has no dropout) it equals one process training on the same 4 windows per
     step. GPT-2 covers Conv1D (transposed) weights and a tied head."""
     worker = Path(__file__).with_name("fsdp_worker.py")
-    process = torchrun(str(worker), str(tmp_path), "fsdp", "llama,gpt2", port=29519)
+    process = torchrun(str(worker), str(tmp_path), "fsdp", "llama,gpt2")
     assert process.returncode == 0, process.stderr[-3000:]
     single = subprocess.run(
         [sys.executable, str(worker), str(tmp_path), "single", "llama"],
