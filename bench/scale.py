@@ -41,11 +41,6 @@ REFERENCE = {
 REFERENCE_VOCAB = 32000
 
 
-def CALIBRATIONS(nsamples: int, seqlen: int) -> dict[str, tuple[int, int]]:  # noqa: N802
-    """The benchmark's own calibration, and the papers' 128 windows of 2048 tokens."""
-    return {"bench": (nsamples, seqlen), "papers": (128, 2048)}
-
-
 def llama_config(hidden: int, intermediate: int, heads: int, kv_heads: int, blocks: int, vocab):
     from transformers import LlamaConfig
 
@@ -235,7 +230,9 @@ def projections(rows: list[dict], shape: dict, nsamples: int, seqlen: int) -> li
                 "seconds_per_block": per_block,
                 "hours": per_block * ref["blocks"] / 3600,
             }
-            for label, (count, length) in CALIBRATIONS(nsamples, seqlen).items():
+            # the benchmark's own calibration, and the papers' 128 windows of 2048 tokens
+            calibrations = {"bench": (nsamples, seqlen), "papers": (128, 2048)}
+            for label, (count, length) in calibrations.items():
                 options = dict(method=method, sparsity=0.5, nsamples=count, seqlen=length)
                 footprint = block_footprint(layout, make_config(**options), torch.bfloat16)
                 row[f"footprint_gib_{label}"] = footprint.total / GIB

@@ -108,13 +108,14 @@ def resize_checked(model, config, source: str) -> None:
         raise LLMPruneError(f"{source}: per-layer shapes do not fit the model: {exc}") from None
 
 
-def pruned_class(base: type) -> type:
-    """`base` (a family's ForCausalLM) building per-layer widths from its config."""
+def pruned_class(base: type, source: str = "the model") -> type:
+    """`base` (a family's ForCausalLM) building per-layer widths from its config, after
+    checking them (errors name `source`)."""
 
     class Pruned(base):
         def __init__(self, config, *args, **kwargs):
             super().__init__(config, *args, **kwargs)
-            resize_checked(self, config, "the model")
+            resize_checked(self, config, source)
 
     Pruned.__name__ = Pruned.__qualname__ = base.__name__
     return Pruned

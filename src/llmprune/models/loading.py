@@ -276,13 +276,12 @@ def check_causal(config, source: str) -> None:
 def model_class(config, source: str = "the model"):
     """The class that builds `config`'s model: the family's own, resized per layer where
     the config records per-layer widths (checked first). Never a checkpoint's own code."""
-    from llmprune.models.layer_shapes import check_layer_shapes, has_layer_shapes, pruned_class
+    from llmprune.models.layer_shapes import has_layer_shapes, pruned_class
 
     if has_layer_shapes(config):
-        check_layer_shapes(config, source)
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-        return pruned_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+        return pruned_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], source)
     return AutoModelForCausalLM
 
 

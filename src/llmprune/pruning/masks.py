@@ -89,12 +89,6 @@ class ModelMasks:
     def layer_sparsity(self) -> dict[str, float]:
         return {name: 1.0 - self.kept(name) / self.numel(name) for name in self}
 
-    def on_devices(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """Every mask unpacked on its weight's device: for applying after every training
-        step without unpacking each time (one byte per weight, on the device)."""
-        modules = find_layout(model).linears()
-        return {name: mask.to(weight_matrix(modules[name]).device) for name, mask in self.items()}
-
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, unpacked: dict | None = None) -> None:
         """Zero every pruned weight in place (after an optimizer step, say)."""
