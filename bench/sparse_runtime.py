@@ -3,14 +3,19 @@
 (a) bytes of the pruned linears and of the whole folder against the dense fp32 model, at
 50/70/80/90 % (magnitude; size depends on the amount only) and 2:4, with fp32 values and
 with bf16 values (bench/results/sparse_size.json);
-(b) the bitmask kernel's matmul time against the fastest dense torch path on this machine
-(fp32 or bf16, whichever is faster per case; numpy is left out of the interleaved runs:
-its BLAS threads keep spinning and slow whatever runs next) on 7B-sized layers
+(b) the sparse kernel's matmul time (bitmask and indexed layouts, fp32 and bf16 values)
+against the fastest dense torch path on this machine (fp32 or bf16, whichever is faster per
+case; numpy is left out of the interleaved runs: its BLAS threads keep spinning and slow
+whatever runs next) and against llmprune's own dense kernel, on 7B-sized layers
 (11008x4096, 4096x11008) and SmolLM2's (1536x576, 576x1536), 1 and 4 tokens, at
-50/70/90 %, fp32 and bf16 values; all variants of a case interleaved, median of the
-repeats (bench/results/sparse_matmul.json). Decode speed (c) is not measured yet.
+50/70/90 %; all variants of a case interleaved, median of the repeats
+(bench/results/sparse_matmul.json);
+(c) SmolLM2-135M decode and prefill tokens/s at 70 % (magnitude; speed depends on the
+density only): plain `generate`, the lean loop dense in fp32 and bf16, and the lean loop on
+the sparse kernel with fp32 and with bf16 values, interleaved rounds, batch 1 and 4
+(bench/results/sparse_decode.json).
 
-    python bench/sparse_runtime.py [--part size|matmul|all] [--repeats 21]
+    python bench/sparse_runtime.py [--part size|matmul|decode|all] [--repeats 21]
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from llmprune.evaluate.resources import peak_rss_mb
+from llmprune.evaluate.speed import compare_speed, lean_decoders
 from llmprune.export.sparse import DENSE_FILE, SPARSE_FILE, export_sparse
 from llmprune.io import write_json
 from llmprune.models import find_layout, load_model, weight_matrix
 from llmprune.pruning import prune
 from llmprune.pruning.config import amount_options
+from llmprune.runtime.kernel import dense_matmul
 from llmprune.runtime.sparse_linear import SparseLinear
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,37 +95,39 @@ def matmul_case(rows: int, cols: int, sparsity: float, tokens: int, repeats: int
     matrix[torch.rand(rows, cols, generator=generator) < sparsity] = 0.0
     x = torch.randn(tokens, cols, generator=generator)
     dense_bf16, x_bf16 = matrix.bfloat16(), x.bfloat16()
-    fp32 = SparseLinear(matrix, None)
-    bf16 = SparseLinear(matrix, None, values_dtype=torch.bfloat16)
-    medians = interleaved_medians(
-        {
-            "torch fp32": lambda: x @ matrix.t(),
-            "torch bf16": lambda: x_bf16 @ dense_bf16.t(),
-            "sparse fp32": lambda: fp32(x),
-            "sparse bf16": lambda: bf16(x),
-        },
-        repeats,
-    )
-    dense = {k: v for k, v in medians.items() if not k.startswith("sparse")}
-    fastest = min(dense, key=dense.get)
-    return {
+    calls = {
+        "torch fp32": lambda: x @ matrix.t(),
+        "torch bf16": lambda: x_bf16 @ dense_bf16.t(),
+        "kernel fp32": lambda: dense_matmul(matrix, x),
+        "kernel bf16": lambda: dense_matmul(dense_bf16, x),
+    }
+    for layout in ("bitmask", "indexed"):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            layer = SparseLinear(matrix, None, values_dtype=dtype, layout=layout)
+            calls[f"{layout} {name}"] = lambda layer=layer: layer(x)
+    medians = interleaved_medians(calls, repeats)
+    torch_dense = {k: v for k, v in medians.items() if k.startswith("torch")}
+    fastest = min(torch_dense, key=torch_dense.get)
+    row = {
         "layer": f"{rows}x{cols}",
         "sparsity": sparsity,
         "tokens": tokens,
         "ms": {k: v * 1e3 for k, v in medians.items()},
-        "fastest_dense": fastest,
-        "fp32_values_x": dense[fastest] / medians["sparse fp32"],
-        "bf16_values_x": dense[fastest] / medians["sparse bf16"],
-        "bf16_values_x_dense_bf16": medians["torch bf16"] / medians["sparse bf16"],
+        "fastest_torch_dense": fastest,
     }
+    for values in ("fp32", "bf16"):
+        best = min(medians[f"bitmask {values}"], medians[f"indexed {values}"])
+        row[f"{values}_values_x_torch"] = torch_dense[fastest] / best
+        row[f"{values}_values_x_kernel_same_dtype"] = medians[f"kernel {values}"] / best
+    return row
 
 
 def matmul_rows(repeats: int) -> list[dict]:
     rows = []
     print(f"threads {torch.get_num_threads()}")
     print(
-        f"{'layer':>11} {'sp':>4} {'tok':>3} {'fastest dense':>14} {'ms':>7} "
-        f"{'fp32 vals x':>11} {'bf16 vals x':>11}"
+        f"{'layer':>11} {'sp':>4} {'tok':>3} {'fastest torch':>14} {'ms':>7} "
+        f"{'fp32 vals x':>11} {'bf16 vals x':>11} {'x kernel fp32':>13} {'x kernel bf16':>13}"
     )
     for rows_, cols in LAYERS:
         for sparsity in (0.5, 0.7, 0.9):
@@ -125,9 +135,11 @@ def matmul_rows(repeats: int) -> list[dict]:
                 r = matmul_case(rows_, cols, sparsity, tokens, repeats)
                 rows.append(r)
                 print(
-                    f"{r['layer']:>11} {sparsity:>4} {tokens:>3} {r['fastest_dense']:>14} "
-                    f"{r['ms'][r['fastest_dense']]:>7.3f} {r['fp32_values_x']:>11.2f} "
-                    f"{r['bf16_values_x']:>11.2f}",
+                    f"{r['layer']:>11} {sparsity:>4} {tokens:>3} {r['fastest_torch_dense']:>14} "
+                    f"{r['ms'][r['fastest_torch_dense']]:>7.3f} "
+                    f"{r['fp32_values_x_torch']:>11.2f} {r['bf16_values_x_torch']:>11.2f} "
+                    f"{r['fp32_values_x_kernel_same_dtype']:>13.2f} "
+                    f"{r['bf16_values_x_kernel_same_dtype']:>13.2f}",
                     flush=True,
                 )
     return rows
@@ -146,9 +158,29 @@ def size_rows(amounts: str) -> list[dict]:
     return rows
 
 
+def decode_rows(rounds: int) -> dict:
+    base = load_model("smollm2")
+    prune(base.model, method="magnitude", sparsity=0.7, progress=False)
+    decoders = lean_decoders("SmolLM2 70 %", base.model, sparse=True, values_dtype=None)
+    bf16 = lean_decoders("SmolLM2 70 %", base.model, sparse=True, values_dtype=torch.bfloat16)
+    decoders |= {name: d for name, d in bf16.items() if "sparse" in name}
+    measured = compare_speed(
+        decoders, prefill_tokens=256, new_tokens=64, rounds=rounds, batches=(1, 4)
+    )
+    for name, speed in measured.items():
+        one, four = speed["decode_batch_1"], speed["decode_batch_4"]
+        print(
+            f"{name:<45} prefill {speed['prefill_tokens_per_s']:7.0f}  decode b1 "
+            f"{one['median']:6.1f} [{one['min']:.1f}-{one['max']:.1f}]  b4 {four['median']:6.1f}",
+            flush=True,
+        )
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["size", "matmul", "all"], default="all")
+    parser.add_argument("--part", choices=["size", "matmul", "decode", "all"], default="all")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--amounts", default="0.5,0.7,0.8,0.9,2:4")
     parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
@@ -159,6 +191,14 @@ def main() -> None:
         rows = matmul_rows(args.repeats)
         settings = {"threads": torch.get_num_threads(), "repeats": args.repeats}
         write_json(RESULTS / "sparse_matmul.json", {"settings": settings, "rows": rows})
+    if args.part in ("decode", "all"):
+        measured = decode_rows(args.rounds)
+        settings = {"threads": torch.get_num_threads(), "rounds": args.rounds}
+        settings |= {"prefill_tokens": 256, "new_tokens": 64, "pruning": "magnitude 70 %"}
+        write_json(
+            RESULTS / "sparse_decode.json",
+            {"settings": settings, "decoders": measured, "peak_rss_mib": peak_rss_mb()},
+        )
 
 
 if __name__ == "__main__":

@@ -292,13 +292,54 @@ def test_prune_structured_saves_a_smaller_model(monkeypatch, capsys, tiny_model_
 def test_speed_measures_models_side_by_side(monkeypatch, capsys, tiny_model_dirs, tmp_path):
     out = tmp_path / "speed.json"
     args = ["speed", tiny_model_dirs["llama"], tiny_model_dirs["gpt2"], "--prefill-tokens", 32]
-    args += ["--new-tokens", 4, "--rounds", 1, "--json", out]
+    args += ["--new-tokens", 4, "--rounds", 1, "--batches", "1,2", "--json", out]
     code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
     assert code == 0, stderr
-    assert "decode tok/s" in stdout
-    measured = json.loads(out.read_text())["models"]
-    first, second = (measured[str(tiny_model_dirs[f])] for f in ("llama", "gpt2"))
-    assert first["prefill_ratio"] == 1.0 and first["decode_ratio"] == 1.0
-    for speed in (first, second):
-        assert speed["prefill_tokens_per_s"] > 0 and speed["decode_tokens_per_s"] > 0
-    assert second["parameters"] > 0
+    assert "median (min–max)" in stdout and "peak RSS" in stdout
+    measured = json.loads(out.read_text())["decoders"]
+    for source in ("llama", "gpt2"):
+        speed = measured[str(tiny_model_dirs[source])]
+        assert speed["prefill_tokens_per_s"] > 0
+        for batch in (1, 2):
+            rates = speed[f"decode_batch_{batch}"]
+            assert 0 < rates["min"] <= rates["median"] <= rates["max"]
+
+
+def test_speed_sparse_times_generate_and_the_lean_loops(
+    monkeypatch, capsys, tmp_path, tiny_tokenizer
+):
+    from llmprune.pruning import prune
+    from tests.conftest import build_tiny
+
+    model = build_tiny("llama", hidden_size=128, intermediate_size=256)
+    prune(model, method="magnitude", sparsity=0.7, progress=False)
+    model.save_pretrained(tmp_path / "pruned")
+    tiny_tokenizer.save_pretrained(tmp_path / "pruned")
+    out = tmp_path / "speed.json"
+    args = ["speed", tmp_path / "pruned", "--sparse", "--values", "bf16", "--prefill-tokens"]
+    args += [16, "--new-tokens", 3, "--rounds", 1, "--json", out]
+    code, _, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, stderr
+    names = list(json.loads(out.read_text())["decoders"])
+    assert [n.split(" · ")[1] for n in names] == [
+        "generate fp32",
+        "lean dense fp32",
+        "lean dense bf16",
+        "lean sparse (bf16 values)",
+    ]
+
+
+def test_generate_lean_and_sparse_print_the_same_text(monkeypatch, capsys, tiny_model_dirs):
+    texts = []
+    for flags in ([], ["--lean"], ["--sparse"]):
+        args = ["generate", tiny_model_dirs["llama"], "--max-new-tokens", 6, *flags]
+        code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
+        assert code == 0, stderr
+        texts.append(stdout.splitlines()[0])
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_lean_paths_refuse_other_families(monkeypatch, capsys, tiny_model_dirs):
+    code, _, stderr = run_cli(monkeypatch, capsys, "generate", tiny_model_dirs["gpt2"], "--lean")
+    assert code == 2 and "lean decoding takes llama, mistral, qwen2 models" in stderr
+    assert "Traceback" not in stderr

@@ -17,16 +17,20 @@ def masked_matrix(rows, cols, sparsity, seed=0):
     return matrix
 
 
-@pytest.mark.parametrize("simd", [True, False])
-@pytest.mark.parametrize("rows, cols", [(7, 37), (64, 128), (33, 8), (5, 1)])
+LAYOUT_PATHS = [("bitmask", True), ("bitmask", False), ("indexed", True)]
+
+
+@pytest.mark.parametrize("layout, simd", LAYOUT_PATHS)
+@pytest.mark.parametrize("rows, cols", [(7, 37), (64, 128), (33, 8), (5, 1), (300, 333)])
 @pytest.mark.parametrize("tokens", [1, 3, 8, 9])
-def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, simd):
+def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, layout, simd):
     matrix = masked_matrix(rows, cols, 0.6)
     matrix[0] = 0.0  # an empty row
     if rows > 2:
         matrix[1] = torch.randn(cols)  # a fully dense row
     bias = torch.randn(rows)
-    layer = SparseLinear(matrix, bias, simd=simd)
+    layer = SparseLinear(matrix, bias, simd=simd, layout=layout)
+    assert torch.equal(layer.dense_weight(), matrix)
     x = torch.randn(2, tokens, cols)
     expected = x @ matrix.t() + bias
     got = layer(x)
@@ -35,11 +39,13 @@ def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, simd)
     assert error <= 1e-5, error
 
 
-def test_bf16_values_match_the_rounded_weights():
-    matrix = masked_matrix(40, 75, 0.7)
-    layer = SparseLinear(matrix, None, values_dtype=torch.bfloat16)
+@pytest.mark.parametrize("layout", ["bitmask", "indexed"])
+@pytest.mark.parametrize("cols", [75, 1000])
+def test_bf16_values_match_the_rounded_weights(layout, cols):
+    matrix = masked_matrix(40, cols, 0.7)
+    layer = SparseLinear(matrix, None, values_dtype=torch.bfloat16, layout=layout)
     rounded = matrix.bfloat16().float()
-    x = torch.randn(3, 75)
+    x = torch.randn(3, cols)
     for tokens in (1, 3):
         expected = x[:tokens] @ rounded.t()
         error = float((layer(x[:tokens]) - expected).norm() / expected.norm())
@@ -56,15 +62,25 @@ def test_sparsify_keeps_the_model_output(tiny_model_dirs):
     ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        sparsify(model, min_sparsity=0.3)
-        for module in model.modules():  # every layer on the kernel path, measured or not
-            if isinstance(module, SparseLinear):
-                assert module.max_sparse_tokens == 8
+        chosen = sparsify(model, min_sparsity=0.3)
+        swapped = [m for m in model.modules() if isinstance(m, SparseLinear)]
+        assert len(swapped) == len(chosen)
+        assert all(m.max_sparse_tokens == 8 for m in swapped)
         after = model(input_ids=ids).logits
         step = model(input_ids=ids[:, :1]).logits
     assert torch.allclose(before, after, atol=1e-4)
     assert torch.allclose(before[:, :1], step, atol=1e-4)
     del load_model, tiny_model_dirs
+
+
+def test_the_indexed_layout_reads_column_indices_past_int16():
+    matrix = torch.zeros(2, 40000)
+    matrix[0, 39999] = 2.0  # column index above 32767: stored as uint16
+    matrix[1, 5] = 3.0
+    layer = SparseLinear(matrix, None, layout="indexed")
+    x = torch.randn(1, 40000)
+    assert torch.allclose(layer(x), x @ matrix.t())
+    assert torch.equal(layer.dense_weight(), matrix)
 
 
 def test_without_the_compiled_kernel_the_dense_path_gives_the_same(monkeypatch):

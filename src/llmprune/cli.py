@@ -353,52 +353,146 @@ def compare_command(
 
 @app.command("speed")
 def speed_command(
-    models: Annotated[list[str], typer.Argument(help="Models; ratios are to the first.")],
+    models: Annotated[list[str], typer.Argument(help="Models; ratios are to the first row.")],
     prefill_tokens: Annotated[int, typer.Option(min=2, help="Prompt length for prefill.")] = 512,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens to decode.")] = 64,
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (median).")] = 3,
+    batches: Annotated[str, typer.Option(help="Decode batch sizes, comma-separated.")] = "1",
+    sparse: Annotated[
+        bool,
+        typer.Option(
+            "--sparse",
+            help="Also time the lean decode loop: dense fp32, dense bf16 and on the sparse "
+            "kernel (LLaMA-family models).",
+        ),
+    ] = False,
+    values: Annotated[str, typer.Option(help="Sparse values: fp32 | bf16.")] = "fp32",
     dtype: DtypeOpt = "float32",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """Prefill and decode tokens/s of MODELS, measured side by side in interleaved rounds."""
-    from llmprune.evaluate.speed import compare_speed
+    from llmprune.evaluate.resources import peak_rss_mb
+    from llmprune.evaluate.speed import compare_speed, lean_decoders
     from llmprune.io import write_json
     from llmprune.models import load_model
     from llmprune.provenance import environment
-    from llmprune.structured.prune import model_parameters
 
+    sizes = parse_batches(batches)
+    values_dtype = parse_values(values)
     loaded = {source: load_model(source, dtype=dtype) for source in models}
     vocab = min(len(item.tokenizer) for item in loaded.values())
+    decoders = {}
+    for source, item in loaded.items():
+        if sparse:
+            decoders |= lean_decoders(source, item.model, True, values_dtype)
+        else:
+            decoders[source] = item.model
     measured = compare_speed(
-        {source: item.model for source, item in loaded.items()},
+        decoders,
         prefill_tokens=prefill_tokens,
         new_tokens=new_tokens,
         rounds=rounds,
         vocab=vocab,
+        batches=sizes,
     )
-    first = measured[models[0]]
-    table = Table(title=f"speed ({prefill_tokens}-token prefill, {new_tokens} decoded tokens)")
-    for column in ("model", "parameters", "prefill tok/s", "×", "decode tok/s", "×"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for source, speed in measured.items():
-        speed["parameters"] = model_parameters(loaded[source].model)
-        speed["prefill_ratio"] = speed["prefill_tokens_per_s"] / first["prefill_tokens_per_s"]
-        speed["decode_ratio"] = speed["decode_tokens_per_s"] / first["decode_tokens_per_s"]
-        table.add_row(
-            source,
-            f"{speed['parameters']:,}",
-            f"{speed['prefill_tokens_per_s']:.0f}",
-            f"{speed['prefill_ratio']:.2f}",
-            f"{speed['decode_tokens_per_s']:.1f}",
-            f"{speed['decode_ratio']:.2f}",
-        )
-    console.print(table)
+    print_speed(measured, prefill_tokens, new_tokens, sizes)
+    console.print(f"peak RSS of this process: {peak_rss_mb():.0f} MiB")
     if json_path is not None:
         settings = {"prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "rounds": rounds}
-        settings["dtype"] = dtype
+        settings |= {"dtype": dtype, "batches": list(sizes), "sparse": sparse, "values": values}
         write_json(
-            json_path, {"models": measured, "settings": settings, "environment": environment()}
+            json_path,
+            {
+                "decoders": measured,
+                "settings": settings,
+                "peak_rss_mib": peak_rss_mb(),
+                "environment": environment(),
+            },
         )
+
+
+def parse_values(text: str):
+    """--values of the sparse kernel: None (the layer's own dtype) or torch.bfloat16."""
+    import torch
+
+    if text not in ("fp32", "bf16"):
+        raise LLMPruneError(f"--values takes fp32 or bf16, not {text!r}")
+    return torch.bfloat16 if text == "bf16" else None
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise LLMPruneError(f"--batches takes positive integers such as 1,4, not {text!r}")
+    return sizes
+
+
+def print_speed(measured: dict, prefill_tokens: int, new_tokens: int, sizes) -> None:
+    first = next(iter(measured.values()))
+    title = f"speed ({prefill_tokens}-token prefill, {new_tokens} decoded tokens; median (min–max))"
+    table = Table(title=title)
+    table.add_column("decoder")
+    table.add_column("prefill tok/s", justify="right")
+    table.add_column("×", justify="right")
+    for b in sizes:
+        table.add_column(f"decode tok/s, batch {b}", justify="right")
+        table.add_column("×", justify="right")
+    for name, speed in measured.items():
+        prefill = speed["prefill_tokens_per_s"]
+        row = [name, f"{prefill:.0f}", f"{prefill / first['prefill_tokens_per_s']:.2f}"]
+        for b in sizes:
+            rate, base = speed[f"decode_batch_{b}"], first[f"decode_batch_{b}"]["median"]
+            row.append(f"{rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f})")
+            row.append(f"{rate['median'] / base:.2f}")
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("generate")
+def generate_command(
+    model: Annotated[str, typer.Argument(help="Model: hub id, folder, .gguf, sparse folder.")],
+    prompt: Annotated[str, typer.Option(help="The prompt.")] = "The capital of France is",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 64,
+    sparse: Annotated[
+        bool, typer.Option("--sparse", help="Lean decode loop on the sparse kernel.")
+    ] = False,
+    lean: Annotated[bool, typer.Option("--lean", help="Lean decode loop, dense.")] = False,
+    values: Annotated[str, typer.Option(help="Sparse values: fp32 | bf16.")] = "fp32",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Greedy generation by hand: plain transformers `generate`, or the lean loop (--lean),
+    or the lean loop on the sparse kernel (--sparse); prints the text and tokens/s."""
+    import torch
+
+    from llmprune.models import load_model
+    from llmprune.runtime.decode import LeanDecoder
+
+    values_dtype = parse_values(values)
+    loaded = load_model(model, dtype=dtype)
+    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+    eos = loaded.tokenizer.eos_token_id
+    if sparse or lean:
+        decoder = LeanDecoder(loaded.model, sparse=sparse, values_dtype=values_dtype)
+        start = time.perf_counter()
+        out = decoder.generate(ids, max_new_tokens, eos_token_id=eos)
+    else:
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = loaded.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=eos if eos is not None else 0,
+            )
+    seconds = time.perf_counter() - start
+    new = out.shape[1] - ids.shape[1]
+    console.print(loaded.tokenizer.decode(out[0], skip_special_tokens=True))
+    path = "sparse lean" if sparse else "lean" if lean else "generate"
+    console.print(f"[dim]{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, {path})")
 
 
 def number(value: float | None) -> str:

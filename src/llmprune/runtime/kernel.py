@@ -1,8 +1,11 @@
-"""The bitmask matmul kernel: C (AVX2 where the CPU has it), built once with the system
-compiler into the cache and called through ctypes.
+"""The sparse matmul kernels: C (AVX2 where the CPU has it, OpenMP threads), built once with
+the system compiler into the cache and called through ctypes.
 
-Plain C with no torch headers builds in about a second; a machine without a compiler
-gets one warning and the dense path. `bitmask_matmul` is the only entry point.
+Plain C with no torch headers builds in about a second. With OpenMP the library links
+libgomp by its soname, which a process that imported torch already holds, so the kernel
+runs on torch's threads (a second thread pool would spin against torch's). A compiler
+without OpenMP gives a one-thread kernel; a machine without a compiler gets one warning
+and the dense path. `sparse_matmul` is the only entry point.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import hashlib
 import logging
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -22,94 +24,143 @@ import torch
 from llmprune.models.loading import cache_dir
 
 log = logging.getLogger(__name__)
-SOURCE = "bitmask_matmul.c"
+SOURCE = "sparse_matmul.c"
 MAX_TOKENS = 8
-PADDING = 8  # floats after the last value: the SIMD loop loads 8 at a time
+PADDING = 8  # values after the last one: the SIMD loop loads 8 at a time
+LAYOUTS = ("bitmask", "indexed")
+VALUE_TYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (with one warning) where it cannot be built."""
+    """The compiled kernel, or None (with one warning) where it cannot be built. torch is
+    imported (above) before it loads, so its libgomp is the one the kernel binds to."""
     source = files("llmprune.runtime").joinpath(SOURCE).read_bytes()
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         log.warning("no C compiler: sparse layers run on the dense path")
         return None
     digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"bitmask_matmul-{digest}.so"
+    target = cache_dir() / "kernels" / f"sparse_matmul-{digest}.so"
     if not target.is_file() and not build(compiler, source, target):
         return None
     lib = ctypes.CDLL(str(target))
-    for function in (lib.bitmask_matmul_f32, lib.bitmask_matmul_bf16):
-        function.restype = ctypes.c_int
-        function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    for layout in (*LAYOUTS, "dense"):
+        pointers = 3 if layout == "dense" else 5
+        simd = [ctypes.c_int] if layout == "bitmask" else []
+        for suffix in VALUE_TYPES.values():
+            function = getattr(lib, f"{layout}_matmul_{suffix}")
+            function.restype = ctypes.c_int
+            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 3 + simd
+    lib.rope_cache_f32.restype = lib.silu_mul_f32.restype = None
+    lib.rope_cache_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7
+    lib.silu_mul_f32.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2
+    lib.add_rms_norm_f32.restype = None
+    lib.add_rms_norm_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
     return lib
 
 
 def build(compiler: str, source: bytes, target: Path) -> bool:
+    """Compile with OpenMP, or without it where the compiler has none; atomic."""
     target.parent.mkdir(parents=True, exist_ok=True)
     source_path = target.with_suffix(".c")
     source_path.write_bytes(source)
     partial = target.with_suffix(".partial.so")
     flags = ["-O3", "-march=native", "-shared", "-fPIC"]
-    result = subprocess.run(
-        [compiler, *flags, "-o", str(partial), str(source_path)], capture_output=True, text=True
+    for threads in (["-fopenmp"], []):
+        result = subprocess.run(
+            [compiler, *flags, *threads, "-o", str(partial), str(source_path)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0:
+            partial.replace(target)  # a half-written library is never loaded
+            return True
+    first = (result.stderr.strip().splitlines() or ["?"])[0]
+    log.warning("the sparse kernel did not build (%s): dense path", first)
+    return False
+
+
+def kernel_for(layout: str, values: torch.Tensor):
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the sparse kernel is not available")
+    if values.dtype not in VALUE_TYPES:
+        raise ValueError(f"the kernels take fp32 or bf16 weights, not {values.dtype}")
+    return getattr(lib, f"{layout}_matmul_{VALUE_TYPES[values.dtype]}")
+
+
+def call(kernel, tensors: tuple[torch.Tensor, ...], sizes: tuple[int, ...]) -> None:
+    if kernel(*(t.data_ptr() for t in tensors), *sizes):
+        raise ValueError(f"the kernels take 1 to {MAX_TOKENS} tokens, got {sizes[2]}")
+
+
+def dense_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y [tokens, rows] = x [tokens, cols] (fp32) times the contiguous fp32 or bf16 weight
+    [rows, cols] transposed."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    call(kernel_for("dense", weight), (weight, x, y), (*weight.shape, x.shape[0]))
+    return y
+
+
+def add_rms_norm(
+    hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """hidden += delta in place (fp32, contiguous), then RMSNorm(hidden) * weight."""
+    out = torch.empty_like(hidden)
+    rows, dim = hidden.numel() // hidden.shape[-1], hidden.shape[-1]
+    delta = None if delta is None else delta.contiguous()  # held until the call returns
+    pointers = [hidden.data_ptr(), 0 if delta is None else delta.data_ptr()]
+    library().add_rms_norm_f32(*pointers, weight.data_ptr(), out.data_ptr(), rows, dim, eps)
+    return out
+
+
+def rope_cache(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    heads: int,
+    start: int,
+) -> torch.Tensor:
+    """Rotated q [batch, heads, length, head_dim]; rotated k and v go into the caches."""
+    batch, length, _, head_dim = qkv.shape
+    q = torch.empty(batch, heads, length, head_dim)
+    tensors = (qkv.contiguous(), cos.contiguous(), sin.contiguous(), q, keys, values)
+    kv_heads, capacity = keys.shape[1], keys.shape[2]
+    sizes = (batch, length, heads, kv_heads, head_dim, start, capacity)
+    library().rope_cache_f32(*(t.data_ptr() for t in tensors), *sizes)
+    return q
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate_up = gate_up.contiguous()
+    out = gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+    library().silu_mul_f32(
+        gate_up.data_ptr(), out.data_ptr(), out.numel() // out.shape[-1], out.shape[-1]
     )
-    if result.returncode != 0:
-        first = (result.stderr.strip().splitlines() or ["?"])[0]
-        log.warning("the sparse kernel did not build (%s): dense path", first)
-        return False
-    partial.replace(target)  # atomic: a half-written library is never loaded
-    return True
+    return out
 
 
-def bitmask_matmul(
-    bitmask: torch.Tensor,
+def sparse_matmul(
+    layout: str,
+    structure: torch.Tensor,
     values: torch.Tensor,
     offsets: torch.Tensor,
     x: torch.Tensor,
     rows: int,
     simd: bool = True,
 ) -> torch.Tensor:
-    """y [tokens, rows] = x [tokens, cols] times W transposed, W given by its bitmask layout
-    (`values` fp32 or bf16 with PADDING values after the last non-zero; x and y fp32)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the sparse kernel is not available")
-    kernels = {torch.float32: lib.bitmask_matmul_f32, torch.bfloat16: lib.bitmask_matmul_bf16}
-    if values.dtype not in kernels:
-        raise ValueError(f"the sparse kernel takes fp32 or bf16 values, not {values.dtype}")
+    """y [tokens, rows] = x [tokens, cols] times W transposed. `structure` is the bitmask
+    (uint8 [rows, ceil(cols/8)]) or the column indices (int16 read as uint16, one a value);
+    `values` fp32 or bf16 with PADDING values after the last non-zero; x and y fp32."""
     x = x.contiguous()
     tokens, cols = x.shape
     y = torch.empty(tokens, rows, dtype=torch.float32)
-    pointers = (bitmask.data_ptr(), values.data_ptr(), offsets.data_ptr(), x.data_ptr())
-
-    def run(begin: int, end: int) -> int:  # ctypes releases the GIL: ranges run in parallel
-        return kernels[values.dtype](
-            *pointers, y.data_ptr(), rows, cols, tokens, begin, end, int(simd)
-        )
-
-    ranges = row_ranges(rows, cols)
-    if len(ranges) == 1:
-        codes = [run(*ranges[0])]
-    else:
-        codes = list(thread_pool().map(lambda span: run(*span), ranges))
-    if any(codes):
-        raise ValueError(f"the sparse kernel takes 1 to {MAX_TOKENS} tokens, got {tokens}")
+    extra = (int(simd),) if layout == "bitmask" else ()
+    call(
+        kernel_for(layout, values), (structure, values, offsets, x, y), (rows, cols, tokens, *extra)
+    )
     return y
-
-
-PARALLEL_MIN_WEIGHTS = 1 << 20  # smaller layers: one thread beats the hand-off
-
-
-def row_ranges(rows: int, cols: int) -> list[tuple[int, int]]:
-    """Contiguous output-row ranges, one per torch thread for layers big enough to split."""
-    parts = torch.get_num_threads() if rows * cols >= PARALLEL_MIN_WEIGHTS else 1
-    parts = max(1, min(parts, rows))
-    bounds = [rows * k // parts for k in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-@cache
-def thread_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=torch.get_num_threads())
