@@ -96,3 +96,17 @@ def test_sparse_projections_name_their_layout():
         assert layout in ("bitmask", "indexed")
         block, part = name.split(".")
         assert isinstance(getattr(decoder.blocks[int(block)], part).linear, SparseLinear)
+
+
+def test_without_the_compiled_kernels_the_lean_loop_gives_the_same(monkeypatch):
+    import llmprune.runtime.decode as decode
+    import llmprune.runtime.sparse_linear as sparse_linear
+
+    model = build_tiny("llama")
+    ids = prompt(2, 6)
+    compiled = LeanDecoder(model).prefill(ids)
+    monkeypatch.setattr(decode, "library", lambda: None)
+    monkeypatch.setattr(sparse_linear, "library", lambda: None)
+    plain = LeanDecoder(model)
+    assert torch.allclose(plain.prefill(ids), compiled, atol=1e-5)
+    assert torch.equal(plain.generate(ids, 6), hf_greedy(model, ids, 6))

@@ -22,7 +22,7 @@ LAYOUT_PATHS = [("bitmask", True), ("bitmask", False), ("indexed", True)]
 
 @pytest.mark.parametrize("layout, simd", LAYOUT_PATHS)
 @pytest.mark.parametrize("rows, cols", [(7, 37), (64, 128), (33, 8), (5, 1), (300, 333)])
-@pytest.mark.parametrize("tokens", [1, 3, 8, 9])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 6, 7, 8, 9])
 def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, layout, simd):
     matrix = masked_matrix(rows, cols, 0.6)
     matrix[0] = 0.0  # an empty row
@@ -92,3 +92,32 @@ def test_without_the_compiled_kernel_the_dense_path_gives_the_same(monkeypatch):
     assert layer.max_sparse_tokens == 0
     x = torch.randn(1, 21)
     assert torch.allclose(layer(x), x @ matrix.t() + layer.bias, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, cols", [(7, 37), (64, 128), (33, 8), (5, 1), (300, 333)])
+def test_the_dense_kernel_matches_torch(rows, cols, dtype):
+    from llmprune.runtime.sparse_linear import DenseKernelLinear
+
+    matrix = torch.randn(rows, cols).to(dtype)
+    bias = torch.randn(rows)
+    layer = DenseKernelLinear(matrix.float(), bias) if dtype == torch.float32 else None
+    layer = layer or DenseKernelLinear(matrix, bias.to(dtype))
+    for tokens in range(1, 10):
+        x = torch.randn(tokens, cols)
+        expected = x @ matrix.float().t() + bias.to(dtype).float()
+        got = layer(x)
+        error = float((got - expected).norm() / expected.norm())
+        assert error <= 1e-5, (tokens, error)
+
+
+def test_fastest_linear_returns_a_module_that_computes_the_layer():
+    from llmprune.runtime.sparse_linear import KINDS, fastest_linear
+
+    matrix = masked_matrix(96, 200, 0.8)
+    bias = torch.randn(96)
+    x = torch.randn(1, 200)
+    module = fastest_linear(matrix, bias, sparse=True)
+    assert module.__class__.__name__ in ("TorchLinear", "DenseKernelLinear", "SparseLinear")
+    assert getattr(module, "layout", "torch") in (*KINDS, "torch")
+    assert torch.allclose(module(x), x @ matrix.t() + bias, atol=1e-5)

@@ -28,7 +28,7 @@ from torch import nn
 
 from llmprune.errors import LLMPruneError
 from llmprune.models.layout import weight_matrix
-from llmprune.runtime.kernel import add_rms_norm, library, rope_cache, silu_mul
+from llmprune.runtime.kernel import MAX_TOKENS, add_rms_norm, library, rope_cache
 from llmprune.runtime.sparse_linear import SparseLinear, fastest_linear
 
 FAMILIES = ("llama", "mistral", "qwen2")  # pre-norm, RoPE, GQA, SwiGLU, no q/k norms
@@ -56,9 +56,13 @@ class Projection:
             bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in parts])
         sparse = sparse and float((matrix == 0).float().mean()) >= options["min_sparsity"]
         self.linear = fastest_linear(matrix, bias, sparse, options["values_dtype"])
+        self.decode = self.linear.decode_call()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        """fp32 in, fp32 out; decode steps take the bound call, prompts the module."""
+        if x.numel() <= MAX_TOKENS * x.shape[-1]:
+            return self.decode(x)
+        return self.linear(x).float()
 
 
 @dataclass
@@ -95,10 +99,8 @@ def rotary(qkv, cos, sin, keys, values, heads: int, start: int) -> torch.Tensor:
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
-    if library() is not None:
-        return silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return F.silu(gate).mul_(up)
 
 
 @dataclass

@@ -22,11 +22,14 @@ from torch import nn
 
 from llmprune.export.sparse import pack_rows, unpack_rows
 from llmprune.models.layout import find_layout, weight_matrix
+from llmprune.pruning.sequential import has_fast_bf16
 from llmprune.runtime.kernel import (
     LAYOUTS,
     MAX_TOKENS,
     PADDING,
+    bound_matmul,
     dense_matmul,
+    kernel_for,
     library,
     sparse_matmul,
 )
@@ -107,6 +110,14 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
+    def decode_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The decode loop's call: contiguous fp32 x of 1 to MAX_TOKENS tokens, fp32 out."""
+        kernel = kernel_for(self.layout, self.values)
+        parts = (self.structure, self.values, self.offsets)
+        sizes = (self.out_features, self.in_features, self.bias)
+        extra = (int(self.simd),) if self.layout == "bitmask" else ()
+        return bound_matmul(kernel, parts, *sizes, *extra)
+
     def extra_repr(self) -> str:
         density = (self.values.numel() - PADDING) / (self.out_features * self.in_features)
         return (
@@ -133,15 +144,27 @@ def layer_values_dtype(matrix: torch.Tensor, values_dtype: torch.dtype | None) -
 
 
 class TorchLinear(nn.Module):
-    """torch's own matmul on a dense weight: the reference every kernel is timed against."""
+    """torch's own matmul on a dense weight: the reference every kernel is timed against.
+    Prompts (more than MAX_TOKENS tokens) of bf16 weights on a CPU without native bf16 run
+    in fp32: there the bf16 matmul is emulated and several times slower."""
 
     def __init__(self, matrix: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.register_buffer("weight", matrix.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(matrix.dtype))
+        self.widen = matrix.dtype == torch.bfloat16 and not has_fast_bf16(matrix.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.widen and x.numel() > MAX_TOKENS * x.shape[-1]:
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+
+    def decode_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        weight, bias = self.weight, self.bias
+        if weight.dtype == torch.float32:
+            return lambda x: F.linear(x, weight, bias)
+        return lambda x: F.linear(x.to(weight.dtype), weight, bias).float()
 
 
 class DenseKernelLinear(TorchLinear):
@@ -155,6 +178,11 @@ class DenseKernelLinear(TorchLinear):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], -1).to(x.dtype)
+
+    def decode_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        bias = None if self.bias is None else self.bias.float()
+        rows, cols = self.weight.shape
+        return bound_matmul(kernel_for("dense", self.weight), (self.weight,), rows, cols, bias)
 
 
 KINDS = ("torch", "dense kernel", *LAYOUTS)

@@ -27,6 +27,28 @@
 #define MAX_TOKENS 8
 #define PARALLEL_MIN_WEIGHTS (1 << 16) /* smaller layers: one thread beats the hand-off */
 
+/* several tokens: T a constant in each case, so the T sums stay in registers */
+#define BY_TOKENS(BODY, ARG)                                                                 \
+    switch (tokens) {                                                                        \
+    case 2: BODY(2, ARG) break;                                                              \
+    case 3: BODY(3, ARG) break;                                                              \
+    case 4: BODY(4, ARG) break;                                                              \
+    case 5: BODY(5, ARG) break;                                                              \
+    case 6: BODY(6, ARG) break;                                                              \
+    case 7: BODY(7, ARG) break;                                                              \
+    default: BODY(8, ARG) break;                                                             \
+    }
+
+#define INDEXED_TOKENS(T, WIDEN)                                                             \
+    {                                                                                        \
+        float acc[T] = {0};                                                                  \
+        for (; i < end; i++) {                                                               \
+            float w = WIDEN(values[i]);                                                      \
+            for (int t = 0; t < T; t++) acc[t] += w * x[t * cols + indices[i]];              \
+        }                                                                                    \
+        for (int t = 0; t < T; t++) y[t * rows + r] = acc[t];                                \
+    }
+
 static inline float widen_f32(float v) { return v; }
 static inline float widen_bf16(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
@@ -96,6 +118,30 @@ static inline int before(uint64_t word, int q) {
 #define CHUNK(q, acc, PLACE)                                                                 \
     acc = _mm256_fmadd_ps(PLACE(v + before(word, q), mask[k + q]), _mm256_loadu_ps(x + 8 * (k + q)), acc);
 
+#define SPARSE_TOKENS(T, PLACE)                                                              \
+    {                                                                                        \
+        __m256 sums[T];                                                                      \
+        for (int t = 0; t < T; t++) sums[t] = _mm256_setzero_ps();                           \
+        for (; k < full_bytes; k++) {                                                        \
+            __m256 w = PLACE(v, mask[k]);                                                    \
+            v += __builtin_popcount(mask[k]);                                                \
+            for (int t = 0; t < T; t++)                                                      \
+                sums[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * cols + 8 * k), sums[t]); \
+        }                                                                                    \
+        for (int t = 0; t < T; t++) acc[t] = horizontal_sum(sums[t]);                        \
+    }
+#define DENSE_TOKENS(T, LOAD)                                                                \
+    {                                                                                        \
+        __m256 sums[T];                                                                      \
+        for (int t = 0; t < T; t++) sums[t] = _mm256_setzero_ps();                           \
+        for (; c + 8 <= cols; c += 8) {                                                      \
+            __m256 chunk = LOAD(w + c);                                                      \
+            for (int t = 0; t < T; t++)                                                      \
+                sums[t] = _mm256_fmadd_ps(chunk, _mm256_loadu_ps(x + t * cols + c), sums[t]); \
+        }                                                                                    \
+        for (int t = 0; t < T; t++) acc[t] = horizontal_sum(sums[t]);                        \
+    }
+
 /* full mask bytes of row r from k on; v, k and c advanced past what was done */
 #define SIMD_ROW(TYPE, PLACE)                                                                \
     if (simd && tokens == 1) {                                                               \
@@ -113,15 +159,7 @@ static inline int before(uint64_t word, int q) {
         }                                                                                    \
         acc[0] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
     } else if (simd) {                                                                       \
-        __m256 sums[MAX_TOKENS];                                                             \
-        for (int64_t t = 0; t < tokens; t++) sums[t] = _mm256_setzero_ps();                  \
-        for (; k < full_bytes; k++) {                                                        \
-            __m256 w = PLACE(v, mask[k]);                                                    \
-            v += __builtin_popcount(mask[k]);                                                \
-            for (int64_t t = 0; t < tokens; t++)                                             \
-                sums[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * cols + 8 * k), sums[t]); \
-        }                                                                                    \
-        for (int64_t t = 0; t < tokens; t++) acc[t] = horizontal_sum(sums[t]);               \
+        BY_TOKENS(SPARSE_TOKENS, PLACE)                                                      \
     }                                                                                        \
     c = 8 * k;
 #define PREPARE if (simd && !tables_ready) build_tables();
@@ -139,14 +177,7 @@ static inline int before(uint64_t word, int q) {
         for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(LOAD(w + c), _mm256_loadu_ps(x + c), a0); \
         acc[0] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
     } else {                                                                                 \
-        __m256 sums[MAX_TOKENS];                                                             \
-        for (int64_t t = 0; t < tokens; t++) sums[t] = _mm256_setzero_ps();                  \
-        for (; c + 8 <= cols; c += 8) {                                                      \
-            __m256 chunk = LOAD(w + c);                                                      \
-            for (int64_t t = 0; t < tokens; t++)                                             \
-                sums[t] = _mm256_fmadd_ps(chunk, _mm256_loadu_ps(x + t * cols + c), sums[t]); \
-        }                                                                                    \
-        for (int64_t t = 0; t < tokens; t++) acc[t] = horizontal_sum(sums[t]);               \
+        BY_TOKENS(DENSE_TOKENS, LOAD)                                                        \
     }
 #else
 #define SIMD_ROW(TYPE, PLACE)
@@ -199,12 +230,7 @@ BITMASK(bitmask_matmul_bf16, uint16_t, place_bf16, widen_bf16)
                 for (; i < end; i++) total += WIDEN(values[i]) * x[indices[i]];              \
                 y[r] = total;                                                                \
             } else {                                                                         \
-                float acc[MAX_TOKENS] = {0};                                                 \
-                for (; i < end; i++) {                                                       \
-                    float w = WIDEN(values[i]);                                              \
-                    for (int64_t t = 0; t < tokens; t++) acc[t] += w * x[t * cols + indices[i]]; \
-                }                                                                            \
-                for (int64_t t = 0; t < tokens; t++) y[t * rows + r] = acc[t];               \
+                BY_TOKENS(INDEXED_TOKENS, WIDEN)                                             \
             }                                                                                \
         }                                                                                    \
         return 0;                                                                            \
@@ -278,15 +304,6 @@ void rope_cache_f32(const float *qkv, const float *cos, const float *sin, float 
                     out[2 * i + 1] = x1 * c[i] + x0 * s[i];
                 }
             }
-        }
-}
-
-/* SwiGLU's middle: out [rows][width] = silu(gate) * up, from gate_up [rows][2 width] */
-void silu_mul_f32(const float *gate_up, float *out, int64_t rows, int64_t width) {
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < width; i++) {
-            float g = gate_up[r * 2 * width + i];
-            out[r * width + i] = g / (1.0f + expf(-g)) * gate_up[r * 2 * width + width + i];
         }
 }
 
