@@ -12,7 +12,8 @@ whatever runs next) and against llmprune's own dense kernel, on 7B-sized layers
 (bench/results/sparse_matmul.json);
 (c) SmolLM2-135M decode and prefill tokens/s at 70 % (magnitude; speed depends on the
 density only): plain `generate`, the lean loop dense in fp32 and bf16, and the lean loop on
-the sparse kernel with fp32 and with bf16 values, interleaved rounds, batch 1 and 4
+the sparse kernel with fp32 and with bf16 values, interleaved rounds, batch 1 and 4, and
+llama.cpp's `llama-bench` on the same GGUF file where it is installed
 (bench/results/sparse_decode.json).
 
     python bench/sparse_runtime.py [--part size|matmul|decode|all] [--repeats 21]
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +39,7 @@ from llmprune.evaluate.speed import compare_speed, lean_decoders
 from llmprune.export.sparse import DENSE_FILE, SPARSE_FILE, export_sparse
 from llmprune.io import write_json
 from llmprune.models import find_layout, load_model, weight_matrix
+from llmprune.models.loading import default_gguf_path
 from llmprune.pruning import prune
 from llmprune.pruning.config import amount_options
 from llmprune.runtime.kernel import dense_matmul
@@ -158,6 +163,22 @@ def size_rows(amounts: str) -> list[dict]:
     return rows
 
 
+def llama_cpp_row() -> dict:
+    """llama.cpp's own bench on the same model file (Q4_1 GGUF), where it is installed."""
+    binary = shutil.which("llama-bench")
+    if binary is None:
+        return {"installed": False}
+    command = [binary, "-m", str(default_gguf_path()), "-p", "256", "-n", "64"]
+    command += ["-t", str(torch.get_num_threads()), "-o", "json"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+        tests = json.loads(done.stdout)
+    except (subprocess.SubprocessError, json.JSONDecodeError) as exc:
+        return {"installed": True, "error": str(exc).splitlines()[0]}
+    rates = {"prefill" if t["n_prompt"] else "decode": t["avg_ts"] for t in tests}
+    return {"installed": True, "prefill_tokens_per_s": rates.get("prefill"), **rates}
+
+
 def decode_rows(rounds: int) -> dict:
     base = load_model("smollm2")
     prune(base.model, method="magnitude", sparsity=0.7, progress=False)
@@ -177,6 +198,15 @@ def decode_rows(rounds: int) -> dict:
     return measured
 
 
+def print_llama_cpp(row: dict) -> None:
+    if not row["installed"]:
+        print("llama.cpp: llama-bench is not installed here (no row)")
+    elif "error" in row:
+        print(f"llama.cpp: {row['error']}")
+    else:
+        print(f"llama.cpp (Q4_1 GGUF) prefill {row['prefill']:.0f}  decode b1 {row['decode']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["size", "matmul", "decode", "all"], default="all")
@@ -193,11 +223,18 @@ def main() -> None:
         write_json(RESULTS / "sparse_matmul.json", {"settings": settings, "rows": rows})
     if args.part in ("decode", "all"):
         measured = decode_rows(args.rounds)
+        llama_cpp = llama_cpp_row()
+        print_llama_cpp(llama_cpp)
         settings = {"threads": torch.get_num_threads(), "rounds": args.rounds}
         settings |= {"prefill_tokens": 256, "new_tokens": 64, "pruning": "magnitude 70 %"}
         write_json(
             RESULTS / "sparse_decode.json",
-            {"settings": settings, "decoders": measured, "peak_rss_mib": peak_rss_mb()},
+            {
+                "settings": settings,
+                "decoders": measured,
+                "llama_cpp": llama_cpp,
+                "peak_rss_mib": peak_rss_mb(),
+            },
         )
 
 
