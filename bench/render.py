@@ -137,12 +137,52 @@ def train_time_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def sparse_matmul_table(data: dict) -> str:
+    lines = [
+        "| layer | sparsity | tokens | fastest torch (ms) | fp32 values × torch "
+        "| bf16 values × torch | fp32 values × dense kernel fp32 "
+        "| bf16 values × dense kernel bf16 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        torch_ms = r["ms"][r["fastest_torch_dense"]]
+        lines.append(
+            f"| {r['layer'].replace('x', '×')} | {percent(r['sparsity'])} | {r['tokens']} "
+            f"| {r['fastest_torch_dense'].removeprefix('torch ')} ({torch_ms:.3f}) "
+            f"| {r['fp32_values_x_torch']:.2f} | {r['bf16_values_x_torch']:.2f} "
+            f"| {r['fp32_values_x_kernel_same_dtype']:.2f} "
+            f"| {r['bf16_values_x_kernel_same_dtype']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def sparse_decode_table(data: dict) -> str:
+    lines = [
+        "| decoder | prefill tok/s | decode tok/s, batch 1 (min–max) | decode tok/s, batch 4 |",
+        "|---|---|---|---|",
+    ]
+    for name, r in data["decoders"].items():
+        one, four = r["decode_batch_1"], r["decode_batch_4"]
+        lines.append(
+            f"| {name.split(' · ')[-1]} | {r['prefill_tokens_per_s']:.0f} "
+            f"| {one['median']:.1f} ({one['min']:.1f}–{one['max']:.1f}) | {four['median']:.1f} |"
+        )
+    llama_cpp = data.get("llama_cpp", {})
+    if llama_cpp.get("decode"):
+        lines.append(
+            f"| llama.cpp (Q4_1 GGUF) | {llama_cpp['prefill']:.0f} | {llama_cpp['decode']:.1f} | |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("oneshot.json", oneshot_table),
         ("recovery.json", recovery_table),
         ("structured.json", structured_tables),
         ("train_time.json", train_time_table),
+        ("sparse_matmul.json", sparse_matmul_table),
+        ("sparse_decode.json", sparse_decode_table),
     ):
         path = RESULTS / name
         if path.is_file():

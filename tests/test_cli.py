@@ -329,14 +329,36 @@ def test_speed_sparse_times_generate_and_the_lean_loops(
     ]
 
 
-def test_generate_lean_and_sparse_print_the_same_text(monkeypatch, capsys, tiny_model_dirs):
+def test_generate_lean_and_sparse_print_the_same_text(
+    monkeypatch, capsys, tmp_path, tiny_tokenizer
+):
+    from llmprune.pruning import prune
+    from tests.conftest import build_tiny
+
+    model = build_tiny("llama", hidden_size=128, intermediate_size=256)
+    prune(model, method="magnitude", sparsity=0.7, progress=False)
+    model.save_pretrained(tmp_path / "pruned")
+    tiny_tokenizer.save_pretrained(tmp_path / "pruned")
     texts = []
     for flags in ([], ["--lean"], ["--sparse"]):
-        args = ["generate", tiny_model_dirs["llama"], "--max-new-tokens", 6, *flags]
+        args = ["generate", tmp_path / "pruned", "--max-new-tokens", 6, *flags]
         code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
         assert code == 0, stderr
         texts.append(stdout.splitlines()[0])
     assert texts[0] == texts[1] == texts[2]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--values", "bf16"], "--values applies to the sparse kernel"),
+        (["--sparse", "--values", "fp8"], "--values takes model, fp32, bf16"),
+        (["--prompt", " "], "--prompt is empty"),
+    ],
+)
+def test_generate_refuses_bad_options(monkeypatch, capsys, tiny_model_dirs, args, message):
+    code, _, stderr = run_cli(monkeypatch, capsys, "generate", tiny_model_dirs["llama"], *args)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
 
 
 def test_lean_paths_refuse_other_families(monkeypatch, capsys, tiny_model_dirs):

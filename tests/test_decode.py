@@ -45,11 +45,16 @@ def test_lean_logits_match_the_model_forward():
 
 
 @pytest.mark.skipif(library() is None, reason="no C compiler")
+@pytest.mark.parametrize("layout", ["bitmask", "indexed"])
 @pytest.mark.parametrize("values", [None, torch.bfloat16])
-def test_sparse_lean_matches_dense_lean_on_a_pruned_model(values):
+def test_sparse_lean_matches_dense_lean_on_a_pruned_model(values, layout):
     model = build_tiny("llama", hidden_size=128, intermediate_size=384)
     prune(model, method="magnitude", sparsity=0.7, progress=False)
-    dense, sparse = LeanDecoder(model), LeanDecoder(model, sparse=True, values_dtype=values)
+    dense = LeanDecoder(model)
+    sparse = LeanDecoder(model, sparse=True, values_dtype=values, layout=layout)
+    blocks = model.config.num_hidden_layers
+    assert set(sparse.sparse_projections().values()) == {layout}
+    assert len(sparse.sparse_projections()) == 4 * blocks  # every block projection, not the head
     ids = prompt(1, 5)
     if values is None:
         assert torch.equal(sparse.generate(ids, 10), hf_greedy(model, ids, 10))
@@ -68,6 +73,29 @@ def test_eos_stops_generation():
     first = int(LeanDecoder(model).generate(ids, 1)[0, -1])
     out = LeanDecoder(model).generate(ids, 20, eos_token_id=[first])
     assert out.shape[1] == ids.shape[1] + 1
+
+
+def test_rows_that_reach_eos_are_padded_as_generate_pads_them():
+    model = build_tiny("llama")
+    ids = prompt(3, 6, seed=1)
+    free = LeanDecoder(model).generate(ids, 8)
+    eos = int(free[0, 8])  # row 0's third new token: the other rows go on past it
+    model.generation_config.pad_token_id = 0
+    expected = hf_generate_until(model, ids, 8, eos)
+    got = LeanDecoder(model).generate(ids, 8, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(got, expected)
+
+
+def hf_generate_until(model, ids, new_tokens, eos):
+    with torch.no_grad():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
 
 
 def test_interleaving_keeps_every_q_k_product():
@@ -90,8 +118,9 @@ def test_other_families_and_long_sliding_windows_are_refused():
 def test_sparse_projections_name_their_layout():
     model = build_tiny("llama", hidden_size=128, intermediate_size=384)
     prune(model, method="magnitude", sparsity=0.9, progress=False)
-    decoder = LeanDecoder(model, sparse=True)
+    decoder = LeanDecoder(model, sparse=True, layout="indexed")
     chosen = decoder.sparse_projections()
+    assert len(chosen) == 4 * model.config.num_hidden_layers
     for name, layout in chosen.items():
         assert layout in ("bitmask", "indexed")
         block, part = name.split(".")

@@ -31,7 +31,7 @@ def test_sparse_linear_matches_the_dense_masked_matmul(rows, cols, tokens, layou
     bias = torch.randn(rows)
     layer = SparseLinear(matrix, bias, simd=simd, layout=layout)
     assert torch.equal(layer.dense_weight(), matrix)
-    x = torch.randn(2, tokens, cols)
+    x = torch.randn(tokens, cols)  # exactly `tokens` rows reach the kernel
     expected = x @ matrix.t() + bias
     got = layer(x)
     assert got.shape == expected.shape
@@ -62,9 +62,9 @@ def test_sparsify_keeps_the_model_output(tiny_model_dirs):
     ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        chosen = sparsify(model, min_sparsity=0.3)
+        chosen = sparsify(model, min_sparsity=0.3, layout="bitmask")
         swapped = [m for m in model.modules() if isinstance(m, SparseLinear)]
-        assert len(swapped) == len(chosen)
+        assert len(swapped) == len(chosen) == 7 * model.config.num_hidden_layers
         assert all(m.max_sparse_tokens == 8 for m in swapped)
         after = model(input_ids=ids).logits
         step = model(input_ids=ids[:, :1]).logits
@@ -121,3 +121,10 @@ def test_fastest_linear_returns_a_module_that_computes_the_layer():
     assert module.__class__.__name__ in ("TorchLinear", "DenseKernelLinear", "SparseLinear")
     assert getattr(module, "layout", "torch") in (*KINDS, "torch")
     assert torch.allclose(module(x), x @ matrix.t() + bias, atol=1e-5)
+
+
+def test_a_batch_of_sequences_reaches_the_kernel_as_rows():
+    matrix = masked_matrix(30, 50, 0.7)
+    layer = SparseLinear(matrix, None)
+    x = torch.randn(2, 3, 50)  # 6 tokens
+    assert torch.allclose(layer(x), x @ matrix.t(), atol=1e-5)

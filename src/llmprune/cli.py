@@ -366,11 +366,14 @@ def speed_command(
             "kernel (LLaMA-family models).",
         ),
     ] = False,
-    values: Annotated[str, typer.Option(help="Sparse values: fp32 | bf16.")] = "fp32",
+    values: Annotated[
+        str, typer.Option(help="Sparse values (with --sparse): fp32 | bf16 (the bf16 copy).")
+    ] = "fp32",
     dtype: DtypeOpt = "float32",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Prefill and decode tokens/s of MODELS, measured side by side in interleaved rounds."""
+    """Prefill and decode tokens/s of MODELS, measured side by side in interleaved rounds.
+    With --sparse each model is timed as fp32 and as a bf16 copy (--dtype does not apply)."""
     from llmprune.evaluate.resources import peak_rss_mb
     from llmprune.evaluate.speed import compare_speed, lean_decoders
     from llmprune.io import write_json
@@ -378,7 +381,9 @@ def speed_command(
     from llmprune.provenance import environment
 
     sizes = parse_batches(batches)
-    values_dtype = parse_values(values)
+    values_dtype = parse_values(values, sparse)
+    if sparse and dtype != "float32":
+        raise LLMPruneError("--sparse times fp32 and bf16 copies of each model; drop --dtype")
     loaded = {source: load_model(source, dtype=dtype) for source in models}
     vocab = min(len(item.tokenizer) for item in loaded.values())
     decoders = {}
@@ -411,13 +416,22 @@ def speed_command(
         )
 
 
-def parse_values(text: str):
-    """--values of the sparse kernel: None (the layer's own dtype) or torch.bfloat16."""
+def parse_values(text: str, sparse: bool):
+    """--values of the sparse kernel: None (the layer's own dtype), fp32 or bf16."""
     import torch
 
-    if text not in ("fp32", "bf16"):
-        raise LLMPruneError(f"--values takes fp32 or bf16, not {text!r}")
-    return torch.bfloat16 if text == "bf16" else None
+    choices = {"model": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+    if text not in choices:
+        raise LLMPruneError(f"--values takes {', '.join(choices)}, not {text!r}")
+    if not sparse and text not in ("model", "fp32"):
+        raise LLMPruneError("--values applies to the sparse kernel: add --sparse")
+    return choices[text]
+
+
+def first_token(eos: int | list[int] | None) -> int:
+    if eos is None:
+        return 0
+    return eos[0] if isinstance(eos, list) else eos
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -460,7 +474,9 @@ def generate_command(
         bool, typer.Option("--sparse", help="Lean decode loop on the sparse kernel.")
     ] = False,
     lean: Annotated[bool, typer.Option("--lean", help="Lean decode loop, dense.")] = False,
-    values: Annotated[str, typer.Option(help="Sparse values: fp32 | bf16.")] = "fp32",
+    values: Annotated[
+        str, typer.Option(help="Sparse values: model (the model's dtype) | fp32 | bf16.")
+    ] = "model",
     dtype: DtypeOpt = "float32",
 ) -> None:
     """Greedy generation by hand: plain transformers `generate`, or the lean loop (--lean),
@@ -470,14 +486,24 @@ def generate_command(
     from llmprune.models import load_model
     from llmprune.runtime.decode import LeanDecoder
 
-    values_dtype = parse_values(values)
+    values_dtype = parse_values(values, sparse)
+    if not prompt.strip():
+        raise LLMPruneError("--prompt is empty")
     loaded = load_model(model, dtype=dtype)
     ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
-    eos = loaded.tokenizer.eos_token_id
+    if ids.shape[1] == 0:
+        raise LLMPruneError("--prompt gives no tokens")
+    settings = loaded.model.generation_config
+    eos = (
+        settings.eos_token_id
+        if settings.eos_token_id is not None
+        else loaded.tokenizer.eos_token_id
+    )
+    pad = settings.pad_token_id
     if sparse or lean:
         decoder = LeanDecoder(loaded.model, sparse=sparse, values_dtype=values_dtype)
         start = time.perf_counter()
-        out = decoder.generate(ids, max_new_tokens, eos_token_id=eos)
+        out = decoder.generate(ids, max_new_tokens, eos_token_id=eos, pad_token_id=pad)
     else:
         start = time.perf_counter()
         with torch.no_grad():
@@ -486,7 +512,7 @@ def generate_command(
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=eos if eos is not None else 0,
+                pad_token_id=pad if pad is not None else first_token(eos),
             )
     seconds = time.perf_counter() - start
     new = out.shape[1] - ids.shape[1]

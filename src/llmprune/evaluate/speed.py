@@ -115,7 +115,7 @@ def lean_decoders(
         f"{name} · lean dense bf16": LeanDecoder(bf16),
     }
     if sparse:
-        values = "bf16" if values_dtype == torch.bfloat16 else "fp32"
+        values = "bf16" if values_dtype == torch.bfloat16 else "fp32"  # the copy it comes from
         source = bf16 if values == "bf16" else model
         decoders[f"{name} · lean sparse ({values} values)"] = LeanDecoder(source, sparse=True)
     return decoders

@@ -55,7 +55,9 @@ class Projection:
             parts = zip(biases, matrices, strict=True)
             bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in parts])
         sparse = sparse and float((matrix == 0).float().mean()) >= options["min_sparsity"]
-        self.linear = fastest_linear(matrix, bias, sparse, options["values_dtype"])
+        self.linear = fastest_linear(
+            matrix, bias, sparse, options["values_dtype"], options["layout"]
+        )
         self.decode = self.linear.decode_call()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +131,10 @@ class LeanDecoder:
         sparse: bool = False,
         values_dtype: torch.dtype | None = None,
         min_sparsity: float = 0.3,
+        layout: str | None = None,
     ):
+        """`sparse`: projections with at least `min_sparsity` zeros may run on the sparse
+        kernel (in `layout` if given, else whichever is measured fastest)."""
         config = model.config
         if config.model_type not in FAMILIES:
             raise LLMPruneError(
@@ -141,7 +146,7 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
-        options = {"values_dtype": values_dtype, "min_sparsity": min_sparsity}
+        options = {"values_dtype": values_dtype, "min_sparsity": min_sparsity, "layout": layout}
         self.blocks = [self.block(layer, sparse, options) for layer in model.model.layers]
         self.final_norm = norm_of(model.model.norm)
         self.head = Projection(*zip(params(model.lm_head), strict=True), sparse, options)
@@ -206,8 +211,18 @@ class LeanDecoder:
         return self.head(last)[:, -1].float()
 
     def caches(self, batch: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty fp32 key and value caches for `capacity` positions, after checking that
+        the model attends over all of them (no sliding window is implemented)."""
+        if self.window and capacity > self.window:
+            raise LLMPruneError(
+                f"lean decoding does not implement sliding-window attention: {capacity} "
+                f"tokens exceed the model's window of {self.window}"
+            )
         return [
-            tuple(torch.empty(batch, block.kv_heads, capacity, self.head_dim) for _ in range(2))
+            tuple(
+                torch.empty(batch, block.kv_heads, capacity, self.head_dim, dtype=torch.float32)
+                for _ in range(2)
+            )
             for block in self.blocks
         ]
 
@@ -218,25 +233,31 @@ class LeanDecoder:
 
     @torch.no_grad()
     def generate(
-        self, ids: torch.Tensor, new_tokens: int, eos_token_id: int | list[int] | None = None
+        self,
+        ids: torch.Tensor,
+        new_tokens: int,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
     ) -> torch.Tensor:
-        """Prompt + up to `new_tokens` greedy tokens (fewer if every row reached an eos)."""
+        """Prompt + up to `new_tokens` greedy tokens, as `generate` gives them: a row that
+        emitted an eos is padded from then on, and decoding stops once every row has."""
         batch, prompt = ids.shape
+        if prompt == 0:
+            raise LLMPruneError("lean decoding needs a prompt of at least one token")
         total = prompt + new_tokens
-        if self.window and total > self.window:
-            raise LLMPruneError(
-                f"lean decoding does not implement sliding-window attention: {total} tokens "
-                f"exceed the model's window of {self.window}"
-            )
-        stops = torch.tensor([] if eos_token_id is None else eos_token_id).flatten()
         caches = self.caches(batch, total)
+        stops = torch.tensor([] if eos_token_id is None else eos_token_id).flatten()
+        if pad_token_id is None:
+            pad_token_id = int(stops[0]) if stops.numel() else 0
+        finished = torch.zeros(batch, dtype=torch.bool)
         out = torch.empty(batch, total, dtype=ids.dtype)
         out[:, :prompt] = ids
         logits = self.step(ids, 0, caches)
         for position in range(prompt, total):
-            token = logits.argmax(dim=-1)
+            token = logits.argmax(dim=-1).masked_fill(finished, pad_token_id)
             out[:, position] = token
-            if stops.numel() and bool(torch.isin(token, stops).all()):
+            finished |= torch.isin(token, stops)
+            if bool(finished.all()):
                 return out[:, : position + 1]
             if position + 1 < total:
                 logits = self.step(token[:, None], position, caches)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import platform
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
@@ -41,11 +43,16 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("no C compiler: sparse layers run on the dense path")
         return None
-    digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    # -march=native: a library built on another CPU (a shared cache) must not be reused
+    digest = hashlib.sha256(source + compiler.encode() + cpu_signature()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"sparse_matmul-{digest}.so"
     if not target.is_file() and not build(compiler, source, target):
         return None
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        log.warning("the sparse kernel did not load (%s): dense path", exc)
+        return None
     for layout in (*LAYOUTS, "dense"):
         pointers = 3 if layout == "dense" else 5
         simd = [ctypes.c_int] if layout == "bitmask" else []
@@ -60,22 +67,33 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def cpu_signature() -> bytes:
+    """The CPU's model and feature flags (Linux), or its architecture name elsewhere."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text(errors="replace").splitlines()
+        wanted = [line for line in lines if line.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(wanted))).encode()
+    return platform.machine().encode()
+
+
 def build(compiler: str, source: bytes, target: Path) -> bool:
-    """Compile with OpenMP, or without it where the compiler has none; atomic."""
+    """Compile with OpenMP, or without it where the compiler has none. Atomic, and safe
+    when two processes build at once: each writes its own temporary files."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    source_path = target.with_suffix(".c")
-    source_path.write_bytes(source)
-    partial = target.with_suffix(".partial.so")
-    flags = ["-O3", "-march=native", "-shared", "-fPIC"]
-    for threads in (["-fopenmp"], []):
-        result = subprocess.run(
-            [compiler, *flags, *threads, "-o", str(partial), str(source_path)],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode == 0:
-            partial.replace(target)  # a half-written library is never loaded
-            return True
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        source_path, partial = Path(scratch) / "kernel.c", Path(scratch) / "kernel.so"
+        source_path.write_bytes(source)
+        flags = ["-O3", "-march=native", "-shared", "-fPIC"]
+        for threads in (["-fopenmp"], []):
+            result = subprocess.run(
+                [compiler, *flags, *threads, "-o", str(partial), str(source_path)],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode == 0:
+                partial.replace(target)  # a half-written library is never loaded
+                return True
     first = (result.stderr.strip().splitlines() or ["?"])[0]
     log.warning("the sparse kernel did not build (%s): dense path", first)
     return False
@@ -104,7 +122,10 @@ def bound_matmul(
     pointers = tuple(t.data_ptr() for t in weights)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(*x.shape[:-1], rows)
+        x = x.contiguous()
+        if x.dtype != torch.float32:
+            raise ValueError(f"the kernels take fp32 inputs, not {x.dtype}")
+        y = torch.empty(*x.shape[:-1], rows, dtype=torch.float32)
         if kernel(*pointers, x.data_ptr(), y.data_ptr(), rows, cols, x.numel() // cols, *extra):
             raise ValueError(f"the kernels take 1 to {MAX_TOKENS} tokens")
         return y if bias is None else y.add_(bias)
@@ -126,6 +147,10 @@ def add_rms_norm(
     hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """hidden += delta in place (fp32, contiguous), then RMSNorm(hidden) * weight."""
+    if hidden.dtype != torch.float32 or not hidden.is_contiguous():
+        raise ValueError("the norm kernel takes a contiguous fp32 hidden state")
+    if delta is not None and (delta.shape != hidden.shape or delta.dtype != torch.float32):
+        raise ValueError("the residual must match the hidden state (fp32)")
     out = torch.empty_like(hidden)
     rows, dim = hidden.numel() // hidden.shape[-1], hidden.shape[-1]
     delta = None if delta is None else delta.contiguous()  # held until the call returns
@@ -145,7 +170,13 @@ def rope_cache(
 ) -> torch.Tensor:
     """Rotated q [batch, heads, length, head_dim]; rotated k and v go into the caches."""
     batch, length, _, head_dim = qkv.shape
-    q = torch.empty(batch, heads, length, head_dim)
+    if start + length > keys.shape[2] or keys.shape != values.shape:
+        raise ValueError(
+            f"positions {start}..{start + length} do not fit a KV cache of {keys.shape[2]}"
+        )
+    if qkv.dtype != torch.float32 or keys.dtype != torch.float32 or not keys.is_contiguous():
+        raise ValueError("the rotary kernel takes fp32 tensors and contiguous caches")
+    q = torch.empty(batch, heads, length, head_dim, dtype=torch.float32)
     tensors = (qkv.contiguous(), cos.contiguous(), sin.contiguous(), q, keys, values)
     kv_heads, capacity = keys.shape[1], keys.shape[2]
     sizes = (batch, length, heads, kv_heads, head_dim, start, capacity)

@@ -237,13 +237,19 @@ def fastest_linear(
     bias: torch.Tensor | None,
     sparse: bool = True,
     values_dtype: torch.dtype | None = None,
+    layout: str | None = None,
 ) -> nn.Module:
     """The module that computes x @ matrixᵀ (+ bias) fastest at one token on this machine,
     weights cold: torch's matmul, the dense kernel, or (`sparse`) a layout of the sparse
     kernel. Layers of one shape, dtype and density (to 0.05) share one measurement.
-    Weights stay in the matrix's dtype unless `values_dtype` rounds the sparse values."""
+    Weights stay in the matrix's dtype unless `values_dtype` rounds the sparse values.
+    `layout` (with `sparse`) skips the measurement and takes that sparse layout."""
     kinds = kinds_for(matrix, sparse)
     dtype = layer_values_dtype(matrix, values_dtype)
+    if sparse and layout is not None:
+        if layout not in kinds:
+            raise ValueError(f"the {layout} layout cannot run a {list(matrix.shape)} layer here")
+        return build_linear(layout, matrix, bias, dtype)
     density = float((matrix != 0).float().mean())
     key = (tuple(matrix.shape), matrix.dtype, dtype, round(density * 20), tuple(kinds))
     if len(kinds) > 1 and key not in CHOICES:
@@ -260,18 +266,20 @@ def sparsify(
     model: nn.Module,
     min_sparsity: float = 0.3,
     values_dtype: torch.dtype | None = None,
+    layout: str | None = None,
 ) -> dict[str, str]:
     """Swap each block linear with at least `min_sparsity` zeros for a `SparseLinear` where
     a layout of the kernel beats the dense layer at one token, measured here on this
-    machine; return {layer: layout} of those swapped (CPU fp32/bf16 layers; others are
-    left as they are)."""
+    machine (or in `layout`, unmeasured); return {layer: layout} of those swapped (CPU
+    fp32/bf16 layers; others are left as they are)."""
     chosen = {}
     modules = dict(model.named_modules())
     for name, module in find_layout(model).linears().items():
         matrix = weight_matrix(module).detach()
         if float((matrix == 0).float().mean()) < min_sparsity:
             continue
-        fastest = fastest_linear(matrix, getattr(module, "bias", None), True, values_dtype)
+        bias = getattr(module, "bias", None)
+        fastest = fastest_linear(matrix, bias, True, values_dtype, layout)
         if isinstance(fastest, SparseLinear):
             parent, _, leaf = name.rpartition(".")
             setattr(modules[parent], leaf, fastest)

@@ -57,15 +57,14 @@ static inline float widen_bf16(uint16_t v) {
     return f;
 }
 
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
 static int32_t PERMUTE[256][8];  /* fp32: lane i takes packed value PERMUTE[m][i] */
 static int32_t LANES[256][8];    /* fp32: -1 where bit i of m is set */
 static uint8_t SHUFFLE[256][32]; /* bf16: bytes of packed value k into the high half of lane i */
-static volatile int tables_ready = 0;
-
-static void build_tables(void) { /* idempotent: threads racing here write the same bytes */
+/* built when the library loads, before any thread can call a kernel */
+__attribute__((constructor)) static void build_tables(void) {
     for (int m = 0; m < 256; m++) {
         int next = 0;
         for (int i = 0; i < 8; i++) {
@@ -78,7 +77,6 @@ static void build_tables(void) { /* idempotent: threads racing here write the sa
             next += set;
         }
     }
-    tables_ready = 1;
 }
 
 /* the packed values at v moved to the set lanes of mask byte m, zeros elsewhere */
@@ -162,7 +160,6 @@ static inline int before(uint64_t word, int q) {
         BY_TOKENS(SPARSE_TOKENS, PLACE)                                                      \
     }                                                                                        \
     c = 8 * k;
-#define PREPARE if (simd && !tables_ready) build_tables();
 
 /* dense row r's full 8-column chunks; c advanced past them */
 #define DENSE_SIMD_ROW(LOAD)                                                                 \
@@ -182,7 +179,6 @@ static inline int before(uint64_t word, int q) {
 #else
 #define SIMD_ROW(TYPE, PLACE)
 #define DENSE_SIMD_ROW(LOAD)
-#define PREPARE
 #endif
 
 /* one bitmask function per value type: SIMD chunks, then the last columns one by one */
@@ -191,13 +187,13 @@ static inline int before(uint64_t word, int q) {
              const float *x, float *y, int64_t rows, int64_t cols, int64_t tokens, int simd) { \
         if (tokens < 1 || tokens > MAX_TOKENS) return 1;                                     \
         int64_t bytes_per_row = (cols + 7) / 8, full_bytes = cols / 8;                       \
-        PREPARE                                                                              \
         _Pragma("omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN_WEIGHTS)") \
         for (int64_t r = 0; r < rows; r++) {                                                 \
             const uint8_t *mask = bitmask + r * bytes_per_row;                               \
             const TYPE *v = values + offsets[r];                                             \
             float acc[MAX_TOKENS] = {0};                                                     \
             int64_t k = 0, c = 0;                                                            \
+            (void)k, (void)full_bytes; /* unused without AVX2 */                            \
             SIMD_ROW(TYPE, PLACE)                                                            \
             for (; c < cols; c++) {                                                          \
                 if ((mask[c >> 3] >> (c & 7)) & 1) {                                         \
@@ -308,7 +304,7 @@ void rope_cache_f32(const float *qkv, const float *cos, const float *sin, float 
 }
 
 int sparse_matmul_has_simd(void) {
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__FMA__)
     return 1;
 #else
     return 0;
