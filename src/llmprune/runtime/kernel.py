@@ -60,6 +60,10 @@ def library() -> ctypes.CDLL | None:
             function = getattr(lib, f"{layout}_matmul_{suffix}")
             function.restype = ctypes.c_int
             function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 3 + simd
+    for suffix in VALUE_TYPES.values():
+        function = getattr(lib, f"densify_{suffix}")
+        function.restype = None
+        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     lib.rope_cache_f32.restype = None
     lib.rope_cache_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7
     lib.add_rms_norm_f32.restype = None
@@ -182,6 +186,17 @@ def rope_cache(
     sizes = (batch, length, heads, kv_heads, head_dim, start, capacity)
     library().rope_cache_f32(*(t.data_ptr() for t in tensors), *sizes)
     return q
+
+
+def densify(
+    layout: str, structure: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, shape
+) -> torch.Tensor:
+    """The dense fp32 matrix of a sparse layer (for prompts, which run dense)."""
+    out = torch.empty(*shape, dtype=torch.float32)
+    function = getattr(library(), f"densify_{VALUE_TYPES[values.dtype]}")
+    pointers = (structure.data_ptr(), values.data_ptr(), offsets.data_ptr(), out.data_ptr())
+    function(*pointers, *shape, int(layout == "indexed"))
+    return out
 
 
 def sparse_matmul(

@@ -29,6 +29,7 @@ from llmprune.runtime.kernel import (
     PADDING,
     bound_matmul,
     dense_matmul,
+    densify,
     kernel_for,
     library,
     sparse_matmul,
@@ -88,6 +89,9 @@ class SparseLinear(nn.Module):
         return keep
 
     def dense_weight(self) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        if library() is not None:
+            return densify(self.layout, self.structure, self.values, self.offsets, shape)
         matrix = torch.zeros(self.out_features, self.in_features, dtype=torch.float32)
         matrix[self.keep()] = self.values[: self.values.numel() - PADDING].float()
         return matrix
@@ -124,16 +128,6 @@ class SparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"layout={self.layout}, values={self.values.dtype}, density={density:.3f}"
         )
-
-
-def median_seconds(call: Callable[[], object], repeats: int = 9) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def layer_values_dtype(matrix: torch.Tensor, values_dtype: torch.dtype | None) -> torch.dtype:
@@ -215,17 +209,20 @@ def flush_buffer() -> torch.Tensor:
     return torch.zeros(FLUSH_BYTES // 4)
 
 
-def cold_seconds(call: Callable[[], object], repeats: int = 5) -> float:
-    """Median time of `call` with its weights out of the caches, as in decoding, where
-    every layer's weights come from memory (a model is larger than the last-level cache)."""
-    call()
-    times = []
-    for _ in range(repeats):
-        flush_buffer().add_(1.0)
-        start = time.perf_counter()
+def cold_seconds(calls: dict[str, Callable[[], object]], repeats: int = 9) -> dict[str, float]:
+    """Median time of each call with its weights out of the caches, as in decoding, where
+    every layer's weights come from memory (a model is larger than the last-level cache).
+    The calls take turns, so a slow moment of the machine hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    for _ in range(repeats):
+        for name, call in calls.items():
+            flush_buffer().add_(1.0)
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 CHOICES: dict[tuple, str] = {}  # measured winners, by shape, dtypes and density
@@ -254,8 +251,9 @@ def fastest_linear(
     key = (tuple(matrix.shape), matrix.dtype, dtype, round(density * 20), tuple(kinds))
     if len(kinds) > 1 and key not in CHOICES:
         modules = {kind: build_linear(kind, matrix, bias, dtype) for kind in kinds}
-        x = torch.randn(1, matrix.shape[1], dtype=matrix.dtype)
-        times = {kind: cold_seconds(lambda m=module: m(x)) for kind, module in modules.items()}
+        x = torch.randn(1, matrix.shape[1])  # timed as the decode loop calls them
+        calls = {kind: module.decode_call() for kind, module in modules.items()}
+        times = cold_seconds({kind: (lambda c=call: c(x)) for kind, call in calls.items()})
         CHOICES[key] = min(times, key=times.get)
         return modules[CHOICES[key]]
     return build_linear(CHOICES.get(key, kinds[0]), matrix, bias, dtype)

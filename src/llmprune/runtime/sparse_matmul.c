@@ -303,6 +303,32 @@ void rope_cache_f32(const float *qkv, const float *cos, const float *sin, float 
         }
 }
 
+/* the dense fp32 matrix [rows][cols] of a bitmask or indexed layer: prompts of many
+ * tokens are compute-bound and run as one dense matmul, so the weight is rebuilt for them */
+#define DENSIFY(NAME, TYPE, WIDEN)                                                           \
+    void NAME(const void *structure, const TYPE *values, const int64_t *offsets, float *out,  \
+              int64_t rows, int64_t cols, int indexed) {                                      \
+        int64_t bytes_per_row = (cols + 7) / 8;                                              \
+        _Pragma("omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN_WEIGHTS)") \
+        for (int64_t r = 0; r < rows; r++) {                                                 \
+            float *row = out + r * cols;                                                     \
+            memset(row, 0, cols * sizeof(float));                                            \
+            if (indexed) {                                                                   \
+                const uint16_t *columns = (const uint16_t *)structure;                       \
+                for (int64_t i = offsets[r]; i < offsets[r + 1]; i++)                        \
+                    row[columns[i]] = WIDEN(values[i]);                                      \
+                continue;                                                                    \
+            }                                                                                \
+            const uint8_t *mask = (const uint8_t *)structure + r * bytes_per_row;            \
+            const TYPE *v = values + offsets[r];                                             \
+            for (int64_t c = 0; c < cols; c++)                                               \
+                if ((mask[c >> 3] >> (c & 7)) & 1) row[c] = WIDEN(*v++);                     \
+        }                                                                                    \
+    }
+
+DENSIFY(densify_f32, float, widen_f32)
+DENSIFY(densify_bf16, uint16_t, widen_bf16)
+
 int sparse_matmul_has_simd(void) {
 #if defined(__AVX2__) && defined(__FMA__)
     return 1;
