@@ -183,6 +183,7 @@ def main() -> None:
         ("train_time.json", train_time_table),
         ("sparse_matmul.json", sparse_matmul_table),
         ("sparse_decode.json", sparse_decode_table),
+        ("sparse_decode_90.json", sparse_decode_table),
     ):
         path = RESULTS / name
         if path.is_file():

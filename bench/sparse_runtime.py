@@ -10,11 +10,11 @@ whatever runs next) and against llmprune's own dense kernel, on 7B-sized layers
 (11008x4096, 4096x11008) and SmolLM2's (1536x576, 576x1536), 1 and 4 tokens, at
 50/70/90 %; all variants of a case interleaved, median of the repeats
 (bench/results/sparse_matmul.json);
-(c) SmolLM2-135M decode and prefill tokens/s at 70 % (magnitude; speed depends on the
-density only): plain `generate`, the lean loop dense in fp32 and bf16, and the lean loop on
-the sparse kernel with fp32 and with bf16 values, interleaved rounds, batch 1 and 4, and
-llama.cpp's `llama-bench` on the same GGUF file where it is installed
-(bench/results/sparse_decode.json).
+(c) SmolLM2-135M decode and prefill tokens/s, pruned to `--sparsity` (0.7; magnitude:
+speed depends on the density only): plain `generate`, the lean loop dense in fp32 and
+bf16, and the lean loop on the sparse kernel with fp32 and with bf16 values, interleaved
+rounds, batch 1 and 4, and llama.cpp's `llama-bench` on the same GGUF file where it is
+installed (bench/results/sparse_decode.json).
 
     python bench/sparse_runtime.py [--part size|matmul|decode|all] [--repeats 21]
 """
@@ -179,11 +179,12 @@ def llama_cpp_row() -> dict:
     return {"installed": True, "prefill_tokens_per_s": rates.get("prefill"), **rates}
 
 
-def decode_rows(rounds: int) -> dict:
+def decode_rows(rounds: int, sparsity: float) -> dict:
     base = load_model("smollm2")
-    prune(base.model, method="magnitude", sparsity=0.7, progress=False)
-    decoders = lean_decoders("SmolLM2 70 %", base.model, sparse=True, values_dtype=None)
-    bf16 = lean_decoders("SmolLM2 70 %", base.model, sparse=True, values_dtype=torch.bfloat16)
+    prune(base.model, method="magnitude", sparsity=sparsity, progress=False)
+    name = f"SmolLM2 {sparsity:.0%}".replace("%", " %")
+    decoders = lean_decoders(name, base.model, sparse=True, values_dtype=None)
+    bf16 = lean_decoders(name, base.model, sparse=True, values_dtype=torch.bfloat16)
     decoders |= {name: d for name, d in bf16.items() if "sparse" in name}
     measured = compare_speed(
         decoders, prefill_tokens=256, new_tokens=64, rounds=rounds, batches=(1, 4)
@@ -211,6 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["size", "matmul", "decode", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sparsity", type=float, default=0.7, help="Of the decode part.")
     parser.add_argument("--amounts", default="0.5,0.7,0.8,0.9,2:4")
     parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
@@ -222,13 +224,15 @@ def main() -> None:
         settings = {"threads": torch.get_num_threads(), "repeats": args.repeats}
         write_json(RESULTS / "sparse_matmul.json", {"settings": settings, "rows": rows})
     if args.part in ("decode", "all"):
-        measured = decode_rows(args.rounds)
+        measured = decode_rows(args.rounds, args.sparsity)
         llama_cpp = llama_cpp_row()
         print_llama_cpp(llama_cpp)
         settings = {"threads": torch.get_num_threads(), "rounds": args.rounds}
-        settings |= {"prefill_tokens": 256, "new_tokens": 64, "pruning": "magnitude 70 %"}
+        pruning = f"magnitude {args.sparsity:.0%}".replace("%", " %")
+        settings |= {"prefill_tokens": 256, "new_tokens": 64, "pruning": pruning}
+        suffix = "" if args.sparsity == 0.7 else f"_{round(args.sparsity * 100)}"
         write_json(
-            RESULTS / "sparse_decode.json",
+            RESULTS / f"sparse_decode{suffix}.json",
             {
                 "settings": settings,
                 "decoders": measured,
