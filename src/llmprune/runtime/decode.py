@@ -5,9 +5,10 @@ objects, masks and logits processors around every layer. At batch 1 the arithmet
 one read of every weight, so that overhead hides whatever a faster matmul saves. This
 loop keeps the model's own numbers (weights, norm weights, rotary tables, attention) but
 runs each block as a handful of calls: q, k and v as one fused projection, gate and up as
-another, residual + RMSNorm as one kernel call, the rotary embedding as one complex
-multiply (q and k rows are interleaved per head at load, which leaves every q·k product
-unchanged), a KV cache allocated once, logits for the last position only. Each fused
+another, residual + RMSNorm as one kernel call, the rotary embedding and the KV-cache
+write as another (q and k rows are interleaved per head at load, so rotation acts on
+adjacent pairs; every q·k product is unchanged), a KV cache allocated once, logits for
+the last position only. Each fused
 projection is run by whichever module `fastest_linear` measured fastest on this machine:
 torch's matmul, the dense kernel, or (`sparse=True`) a sparse layout, so what the sparse
 kernel saves reaches the tokens/s.
@@ -15,7 +16,7 @@ kernel saves reaches the tokens/s.
 Activations stay fp32 whatever the weights' dtype (bf16 weights are widened in the
 kernels). For an fp32 model the greedy tokens equal `generate(do_sample=False)`'s (tested);
 a bf16 model's may part from bf16 `generate`, which rounds activations at every op.
-Sampling, beams, padding and stop strings stay with `generate`.
+It runs on the CPU. Sampling, beams, padded prompts and stop strings stay with `generate`.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class LeanDecoder:
         """`sparse`: projections with at least `min_sparsity` zeros may run on the sparse
         kernel (in `layout` if given, else whichever is measured fastest)."""
         config = model.config
+        if next(model.parameters()).device.type != "cpu":
+            raise LLMPruneError("lean decoding runs on the CPU; use generate on other devices")
         if config.model_type not in FAMILIES:
             raise LLMPruneError(
                 f"lean decoding takes {', '.join(FAMILIES)} models, not {config.model_type}"
@@ -246,7 +249,8 @@ class LeanDecoder:
             raise LLMPruneError("lean decoding needs a prompt of at least one token")
         total = prompt + new_tokens
         caches = self.caches(batch, total)
-        stops = torch.tensor([] if eos_token_id is None else eos_token_id).flatten()
+        stops = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long)
+        stops = stops.flatten()
         if pad_token_id is None:
             pad_token_id = int(stops[0]) if stops.numel() else 0
         finished = torch.zeros(batch, dtype=torch.bool)
