@@ -107,9 +107,11 @@ def test_interleaving_keeps_every_q_k_product():
     assert torch.equal(q2[:, 0::2], q[:, :4]) and torch.equal(q2[:, 1::2], q[:, 4:])
 
 
-def test_other_families_and_long_sliding_windows_are_refused():
+def test_other_families_devices_and_long_sliding_windows_are_refused():
     with pytest.raises(LLMPruneError, match="lean decoding takes"):
         LeanDecoder(build_tiny("gpt2"))
+    with pytest.raises(LLMPruneError, match="runs on the CPU"):
+        LeanDecoder(build_tiny("llama").to("meta"))
     model = build_tiny("mistral", sliding_window=8)
     with pytest.raises(LLMPruneError, match="window of 8"):
         LeanDecoder(model).generate(prompt(1, 5), 10)
