@@ -25,10 +25,8 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from llmprune.models.loading import default_gguf_path
 from llmprune.pruning import prune
 from llmprune.pruning.config import amount_options
 from llmprune.runtime.kernel import dense_matmul
-from llmprune.runtime.sparse_linear import SparseLinear
+from llmprune.runtime.sparse_linear import SparseLinear, median_times
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,19 +79,6 @@ def measure(base, amount: str, values: str) -> dict:
 LAYERS = [(11008, 4096), (4096, 11008), (1536, 576), (576, 1536)]
 
 
-def interleaved_medians(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each call, the calls taking turns so drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()  # warm-up
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def matmul_case(rows: int, cols: int, sparsity: float, tokens: int, repeats: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     matrix = torch.randn(rows, cols, generator=generator)
@@ -110,7 +95,7 @@ def matmul_case(rows: int, cols: int, sparsity: float, tokens: int, repeats: int
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             layer = SparseLinear(matrix, None, values_dtype=dtype, layout=layout)
             calls[f"{layout} {name}"] = lambda layer=layer: layer(x)
-    medians = interleaved_medians(calls, repeats)
+    medians = median_times(calls, repeats)
     torch_dense = {k: v for k, v in medians.items() if k.startswith("torch")}
     fastest = min(torch_dense, key=torch_dense.get)
     row = {

@@ -305,18 +305,25 @@ def test_speed_measures_models_side_by_side(monkeypatch, capsys, tiny_model_dirs
             assert 0 < rates["min"] <= rates["median"] <= rates["max"]
 
 
-def test_speed_sparse_times_generate_and_the_lean_loops(
-    monkeypatch, capsys, tmp_path, tiny_tokenizer
-):
+@pytest.fixture(scope="module")
+def pruned_llama_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny LLaMA pruned to 70 %: the lean paths put it on the sparse kernel."""
     from llmprune.pruning import prune
     from tests.conftest import build_tiny
 
     model = build_tiny("llama", hidden_size=128, intermediate_size=256)
     prune(model, method="magnitude", sparsity=0.7, progress=False)
-    model.save_pretrained(tmp_path / "pruned")
-    tiny_tokenizer.save_pretrained(tmp_path / "pruned")
+    directory = tmp_path_factory.mktemp("pruned")
+    model.save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_speed_sparse_times_generate_and_the_lean_loops(
+    monkeypatch, capsys, tmp_path, pruned_llama_dir
+):
     out = tmp_path / "speed.json"
-    args = ["speed", tmp_path / "pruned", "--sparse", "--values", "bf16", "--prefill-tokens"]
+    args = ["speed", pruned_llama_dir, "--sparse", "--values", "bf16", "--prefill-tokens"]
     args += [16, "--new-tokens", 3, "--rounds", 1, "--json", out]
     code, _, stderr = run_cli(monkeypatch, capsys, *args)
     assert code == 0, stderr
@@ -329,19 +336,10 @@ def test_speed_sparse_times_generate_and_the_lean_loops(
     ]
 
 
-def test_generate_lean_and_sparse_print_the_same_text(
-    monkeypatch, capsys, tmp_path, tiny_tokenizer
-):
-    from llmprune.pruning import prune
-    from tests.conftest import build_tiny
-
-    model = build_tiny("llama", hidden_size=128, intermediate_size=256)
-    prune(model, method="magnitude", sparsity=0.7, progress=False)
-    model.save_pretrained(tmp_path / "pruned")
-    tiny_tokenizer.save_pretrained(tmp_path / "pruned")
+def test_generate_lean_and_sparse_print_the_same_text(monkeypatch, capsys, pruned_llama_dir):
     texts = []
     for flags in ([], ["--lean"], ["--sparse"]):
-        args = ["generate", tmp_path / "pruned", "--max-new-tokens", 6, *flags]
+        args = ["generate", pruned_llama_dir, "--max-new-tokens", 6, *flags]
         code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
         assert code == 0, stderr
         texts.append(stdout.splitlines()[0])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llmprune.errors import LLMPruneError
+from llmprune.evaluate.speed import HFDecoder
 from llmprune.pruning import prune
 from llmprune.runtime.decode import LeanDecoder, interleaved
 from llmprune.runtime.kernel import library
@@ -12,15 +13,7 @@ from tests.conftest import build_tiny
 
 
 def hf_greedy(model, ids, new_tokens):
-    with torch.no_grad():
-        return model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
+    return HFDecoder(model).generate(ids, new_tokens)  # plain transformers generate
 
 
 def prompt(batch=1, length=7, seed=0):
@@ -80,22 +73,17 @@ def test_rows_that_reach_eos_are_padded_as_generate_pads_them():
     ids = prompt(3, 6, seed=1)
     free = LeanDecoder(model).generate(ids, 8)
     eos = int(free[0, 8])  # row 0's third new token: the other rows go on past it
-    model.generation_config.pad_token_id = 0
-    expected = hf_generate_until(model, ids, 8, eos)
-    got = LeanDecoder(model).generate(ids, 8, eos_token_id=eos, pad_token_id=0)
-    assert torch.equal(got, expected)
-
-
-def hf_generate_until(model, ids, new_tokens, eos):
     with torch.no_grad():
-        return model.generate(
+        expected = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
+            max_new_tokens=8,
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=0,
         )
+    got = LeanDecoder(model).generate(ids, 8, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(got, expected)
 
 
 def test_interleaving_keeps_every_q_k_product():

@@ -401,7 +401,8 @@ def speed_command(
         batches=sizes,
     )
     print_speed(measured, prefill_tokens, new_tokens, sizes)
-    console.print(f"peak RSS of this process: {peak_rss_mb():.0f} MiB")
+    peak = peak_rss_mb()
+    console.print(f"peak RSS of this process: {peak:.0f} MiB")
     if json_path is not None:
         settings = {"prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "rounds": rounds}
         settings |= {"dtype": dtype, "batches": list(sizes), "sparse": sparse, "values": values}
@@ -410,7 +411,7 @@ def speed_command(
             {
                 "decoders": measured,
                 "settings": settings,
-                "peak_rss_mib": peak_rss_mb(),
+                "peak_rss_mib": peak,
                 "environment": environment(),
             },
         )
@@ -499,7 +500,7 @@ def generate_command(
         if settings.eos_token_id is not None
         else loaded.tokenizer.eos_token_id
     )
-    pad = settings.pad_token_id
+    pad = settings.pad_token_id if settings.pad_token_id is not None else first_token(eos)
     if sparse or lean:
         decoder = LeanDecoder(loaded.model, sparse=sparse, values_dtype=values_dtype)
         start = time.perf_counter()
@@ -512,7 +513,7 @@ def generate_command(
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=pad if pad is not None else first_token(eos),
+                pad_token_id=pad,
             )
     seconds = time.perf_counter() - start
     new = out.shape[1] - ids.shape[1]

@@ -5,7 +5,8 @@ Plain C with no torch headers builds in about a second. With OpenMP the library 
 libgomp by its soname, which a process that imported torch already holds, so the kernel
 runs on torch's threads (a second thread pool would spin against torch's). A compiler
 without OpenMP gives a one-thread kernel; a machine without a compiler gets one warning
-and the dense path. `sparse_matmul` is the only entry point.
+and the dense path. Every matmul goes through `bound_matmul`; the decode loop's helpers
+(`add_rms_norm`, `rope_cache`) and `densify` call the library directly.
 """
 
 from __future__ import annotations
@@ -112,11 +113,6 @@ def kernel_for(layout: str, values: torch.Tensor):
     return getattr(lib, f"{layout}_matmul_{VALUE_TYPES[values.dtype]}")
 
 
-def call(kernel, tensors: tuple[torch.Tensor, ...], sizes: tuple[int, ...]) -> None:
-    if kernel(*(t.data_ptr() for t in tensors), *sizes):
-        raise ValueError(f"the kernels take 1 to {MAX_TOKENS} tokens, got {sizes[2]}")
-
-
 def bound_matmul(
     kernel, weights: tuple[torch.Tensor, ...], rows: int, cols: int, bias, *extra: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -130,21 +126,34 @@ def bound_matmul(
         if x.dtype != torch.float32:
             raise ValueError(f"the kernels take fp32 inputs, not {x.dtype}")
         y = torch.empty(*x.shape[:-1], rows, dtype=torch.float32)
-        if kernel(*pointers, x.data_ptr(), y.data_ptr(), rows, cols, x.numel() // cols, *extra):
-            raise ValueError(f"the kernels take 1 to {MAX_TOKENS} tokens")
+        tokens = x.numel() // cols
+        if kernel(*pointers, x.data_ptr(), y.data_ptr(), rows, cols, tokens, *extra):
+            raise ValueError(f"the kernels take 1 to {MAX_TOKENS} tokens, got {tokens}")
         return y if bias is None else y.add_(bias)
 
     run.weights = weights  # keeps them alive as long as the closure
     return run
 
 
+def bound_dense(weight: torch.Tensor, bias=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`bound_matmul` for a contiguous fp32 or bf16 weight [rows, cols]."""
+    return bound_matmul(kernel_for("dense", weight), (weight,), *weight.shape, bias)
+
+
+def bound_sparse(
+    layout: str, structure, values, offsets, rows: int, cols: int, bias=None, simd: bool = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`bound_matmul` for a sparse layer: `structure` is the bitmask (uint8 [rows,
+    ceil(cols/8)]) or the column indices (int16 read as uint16, one a value); `values`
+    fp32 or bf16 with PADDING values after the last non-zero."""
+    extra = (int(simd),) if layout == "bitmask" else ()
+    weights = (structure, values, offsets)
+    return bound_matmul(kernel_for(layout, values), weights, rows, cols, bias, *extra)
+
+
 def dense_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """y [tokens, rows] = x [tokens, cols] (fp32) times the contiguous fp32 or bf16 weight
-    [rows, cols] transposed."""
-    x = x.contiguous()
-    y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    call(kernel_for("dense", weight), (weight, x, y), (*weight.shape, x.shape[0]))
-    return y
+    """y [tokens, rows] = x [tokens, cols] (fp32) times the weight transposed."""
+    return bound_dense(weight)(x)
 
 
 def add_rms_norm(
@@ -208,14 +217,5 @@ def sparse_matmul(
     rows: int,
     simd: bool = True,
 ) -> torch.Tensor:
-    """y [tokens, rows] = x [tokens, cols] times W transposed. `structure` is the bitmask
-    (uint8 [rows, ceil(cols/8)]) or the column indices (int16 read as uint16, one a value);
-    `values` fp32 or bf16 with PADDING values after the last non-zero; x and y fp32."""
-    x = x.contiguous()
-    tokens, cols = x.shape
-    y = torch.empty(tokens, rows, dtype=torch.float32)
-    extra = (int(simd),) if layout == "bitmask" else ()
-    call(
-        kernel_for(layout, values), (structure, values, offsets, x, y), (rows, cols, tokens, *extra)
-    )
-    return y
+    """y [tokens, rows] = x [tokens, cols] (fp32) times the sparse weight transposed."""
+    return bound_sparse(layout, structure, values, offsets, rows, x.shape[-1], None, simd)(x)

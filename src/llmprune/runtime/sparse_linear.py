@@ -11,6 +11,7 @@ keeps whichever is fastest.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from functools import cache
@@ -27,10 +28,10 @@ from llmprune.runtime.kernel import (
     LAYOUTS,
     MAX_TOKENS,
     PADDING,
-    bound_matmul,
+    bound_dense,
+    bound_sparse,
     dense_matmul,
     densify,
-    kernel_for,
     library,
     sparse_matmul,
 )
@@ -116,11 +117,9 @@ class SparseLinear(nn.Module):
 
     def decode_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The decode loop's call: contiguous fp32 x of 1 to MAX_TOKENS tokens, fp32 out."""
-        kernel = kernel_for(self.layout, self.values)
         parts = (self.structure, self.values, self.offsets)
-        sizes = (self.out_features, self.in_features, self.bias)
-        extra = (int(self.simd),) if self.layout == "bitmask" else ()
-        return bound_matmul(kernel, parts, *sizes, *extra)
+        sizes = (self.out_features, self.in_features)
+        return bound_sparse(self.layout, *parts, *sizes, self.bias, self.simd)
 
     def extra_repr(self) -> str:
         density = (self.values.numel() - PADDING) / (self.out_features * self.in_features)
@@ -174,9 +173,7 @@ class DenseKernelLinear(TorchLinear):
         return y.view(*x.shape[:-1], -1).to(x.dtype)
 
     def decode_call(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        bias = None if self.bias is None else self.bias.float()
-        rows, cols = self.weight.shape
-        return bound_matmul(kernel_for("dense", self.weight), (self.weight,), rows, cols, bias)
+        return bound_dense(self.weight, None if self.bias is None else self.bias.float())
 
 
 KINDS = ("torch", "dense kernel", *LAYOUTS)
@@ -209,20 +206,30 @@ def flush_buffer() -> torch.Tensor:
     return torch.zeros(FLUSH_BYTES // 4)
 
 
-def cold_seconds(calls: dict[str, Callable[[], object]], repeats: int = 9) -> dict[str, float]:
-    """Median time of each call with its weights out of the caches, as in decoding, where
-    every layer's weights come from memory (a model is larger than the last-level cache).
-    The calls take turns, so a slow moment of the machine hits them all alike."""
+def median_times(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    before: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Median seconds of each call after a warm-up, the calls taking turns so that a slow
+    moment of the machine hits them all alike; `before` runs untimed before each call."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():
         call()
     for _ in range(repeats):
         for name, call in calls.items():
-            flush_buffer().add_(1.0)
+            if before is not None:
+                before()
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cold_seconds(calls: dict[str, Callable[[], object]], repeats: int = 9) -> dict[str, float]:
+    """`median_times` with the weights out of the caches, as in decoding, where every
+    layer's weights come from memory (a model is larger than the last-level cache)."""
+    return median_times(calls, repeats, before=lambda: flush_buffer().add_(1.0))
 
 
 CHOICES: dict[tuple, str] = {}  # measured winners, by shape, dtypes and density
